@@ -22,6 +22,13 @@ from ltd_sim.errors import LTDError
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights are never fetched at run time
 
 
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def cache_dir() -> Path:
     """Where prepared models and draft heads live: $LTD_CACHE, else ~/.cache/ltd."""
     root = os.environ.get(defaults.CACHE_ENV) or os.path.join(Path.home(), ".cache", "ltd")
@@ -136,6 +143,7 @@ def load_causal_lm(path: str | os.PathLike, device: torch.device | str = "cpu",
     path = Path(path)
     if not (path / "config.json").is_file():
         raise LTDError(f"no Hugging Face model at {path} (expected a directory with config.json)")
+    _quiet_transformers()
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:

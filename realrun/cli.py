@@ -1,0 +1,120 @@
+"""The `ltd` command line. Each subcommand lives in its own module, registered in SUBCOMMANDS."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from ltd_sim import defaults
+from ltd_sim.errors import LTDError
+
+# module path -> it defines add_parser(subparsers) which sets `func` on its parser
+SUBCOMMANDS = [
+    "realrun.cli",  # generate, models (below)
+]
+
+
+def _add_decode_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default=None, help="local Hugging Face model dir (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--draft", default=None, help="draft dir, or 'default' for the cached EAGLE-3 head")
+    p.add_argument("--draft-kind", choices=["lm", "eagle3"], default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 (default: fp32 on CPU, bf16 on CUDA)")
+
+
+def add_parser(sub) -> None:
+    g = sub.add_parser("generate", help="generate text (speculative with --draft, else autoregressive)")
+    _add_decode_options(g)
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt")
+    src.add_argument("--prompt-file")
+    g.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+    g.add_argument("--max-new-tokens", type=int, default=defaults.MAX_NEW_TOKENS)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=defaults.TOP_K)
+    g.add_argument("--depth", type=int, default=defaults.MAX_DEPTH)
+    g.add_argument("--size", type=int, default=defaults.STATIC_SIZE, help="V: tree tokens verified (0 = root only)")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=cmd_generate)
+
+    m = sub.add_parser("models", help="report (and prepare) the default models")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models)
+
+
+def cmd_generate(args) -> int:
+    from ltd_sim.control import StaticDepth, StaticSize
+    from realrun.decoder import DecodeConfig, generate
+    from realrun.loading import load_pair, set_threads
+    from realrun.models import encode_prompt
+
+    if args.size < 0:
+        raise LTDError(f"--size must be >= 0, got {args.size}")
+    if args.prompt_file:
+        try:
+            text = open(args.prompt_file, encoding="utf-8").read()
+        except OSError as exc:
+            raise LTDError(f"cannot read --prompt-file: {exc}") from exc
+    else:
+        text = args.prompt
+    cfg = DecodeConfig(max_new_tokens=args.max_new_tokens, top_k=args.top_k, max_depth=args.depth,
+                       temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    cfg.validate(has_drafter=args.draft is not None)
+    set_threads()
+    pair = load_pair(args.target, args.draft, args.draft_kind, args.device, args.dtype)
+    ids = encode_prompt(pair.target.tokenizer, text, chat=not args.no_chat)
+    result = generate(pair.target.model, ids, pair.drafter, cfg, StaticDepth(args.depth), StaticSize(args.size),
+                      eos_ids=pair.eos_ids, context_limit=pair.context_limit)
+    out_text = pair.target.tokenizer.decode(result.token_ids, skip_special_tokens=True)
+    if args.json:
+        payload = {"text": out_text, **result.to_json()}
+        print(json.dumps(payload))
+    else:
+        print(out_text)
+        print(f"\n[{len(result.token_ids)} tokens, {result.tokens_per_s:.1f} tok/s, tau {result.tau:.2f}, "
+              f"{len(result.cycles)} cycles, stop: {result.stop_reason}]", file=sys.stderr)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from realrun.models import cache_dir, default_draft_dir, prepare_default_target
+
+    target = prepare_default_target()
+    draft = default_draft_dir()
+    has_draft = (draft / "config.json").is_file()
+    info = {"target": str(target), "draft": str(draft) if has_draft else None,
+            "draft_kind": "eagle3" if has_draft else None, "cache_dir": str(cache_dir())}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for k, v in info.items():
+            print(f"{k:11s} {v}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ltd", description="Learning to Draft: adaptive speculative decoding")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in SUBCOMMANDS:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LTDError as exc:
+        print(f"ltd: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ltd: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Load a target and (optionally) a drafter with every compatibility check, for the CLI and tools."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ltd_sim.errors import LTDError
+from realrun.drafters import Drafter, Eagle3Drafter, LMDrafter
+from realrun.models import (LoadedModel, context_limit, default_draft_dir, eos_token_ids, load_causal_lm,
+                            pick_device, pick_dtype, resolve_target)
+
+DRAFT_KINDS = ("lm", "eagle3")
+
+
+@dataclass
+class ModelPair:
+    target: LoadedModel
+    drafter: Drafter | None
+    draft_path: Path | None
+    draft_kind: str | None
+    eos_ids: set[int]
+    context_limit: int
+
+
+def resolve_draft(draft: str | None, draft_kind: str | None) -> tuple[Path | None, str | None]:
+    if draft is None:
+        return None, None
+    if draft == "default":
+        path = default_draft_dir()
+        if not (path / "config.json").is_file():
+            raise LTDError(f"no default draft head at {path}; build one with `ltd draft build`")
+        return path, "eagle3"
+    kind = draft_kind or "lm"
+    if kind not in DRAFT_KINDS:
+        raise LTDError(f"--draft-kind must be one of {', '.join(DRAFT_KINDS)}, got {kind!r}")
+    path = Path(draft)
+    if not (path / "config.json").is_file():
+        raise LTDError(f"no draft model at {path} (expected a directory with config.json)")
+    return path, kind
+
+
+def load_drafter(path: Path, kind: str, target: LoadedModel) -> Drafter:
+    vocab = target.vocab_size
+    if kind == "eagle3":
+        from realrun.eagle3 import load_head
+
+        param = next(target.model.parameters())
+        head = load_head(path, target.model, device=param.device, dtype=param.dtype)
+        return Eagle3Drafter(head, vocab)
+    draft = load_causal_lm(path, target.device, next(target.model.parameters()).dtype)
+    if draft.tokenizer is not None and target.tokenizer is not None:
+        if draft.tokenizer.get_vocab() != target.tokenizer.get_vocab():
+            raise LTDError(f"the draft at {path} uses another tokenizer than the target; "
+                           "an lm draft must share the target's vocabulary")
+    return LMDrafter(draft.model, vocab)
+
+
+def load_pair(target: str | None = None, draft: str | None = None, draft_kind: str | None = None,
+              device: str | None = None, dtype: str | None = None) -> ModelPair:
+    """Resolve and load everything before any work starts, so a bad input fails at once."""
+    draft_path, kind = resolve_draft(draft, draft_kind)
+    dev = pick_device(device)
+    tgt = load_causal_lm(resolve_target(target), dev, pick_dtype(dtype, dev))
+    drafter = load_drafter(draft_path, kind, tgt) if draft_path is not None else None
+    return ModelPair(tgt, drafter, draft_path, kind, eos_token_ids(tgt.model, tgt.tokenizer),
+                     context_limit(tgt.model))
+
+
+def set_threads() -> None:
+    """Use every core for the forward passes (torch defaults can leave some idle in subprocesses)."""
+    import os
+
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))

@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny random Llama models (real transformers models, made on the spot) and the
+default target (prepared once into the cache; tests that need it are marked slow)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def tiny_llama(seed: int = 0, layers: int = 4, vocab: int = 256, hidden: int = 64, max_pos: int = 512):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=max_pos, eos_token_id=None, bos_token_id=None,
+                      pad_token_id=None)
+    model = LlamaForCausalLM(cfg).eval()
+    # Sharpen the random model (larger output scale) so its next-token choices are decisive and a
+    # related draft agrees with it often; near-ties then stay rare.
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+    return model
+
+
+def noisy_copy(model, noise: float, seed: int = 1):
+    """A draft that agrees with `model` often but not always: its weights plus Gaussian noise."""
+    import copy
+
+    torch.manual_seed(seed)
+    draft = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(torch.randn_like(p) * noise * p.std().clamp_min(1e-3))
+    return draft.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_target():
+    return tiny_llama(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_draft(tiny_target):
+    return noisy_copy(tiny_target, noise=0.15)
+
+
+@pytest.fixture(scope="session")
+def default_target():
+    """The default SmolLM2-135M-Instruct target (dequantized once into $LTD_CACHE)."""
+    from realrun.models import load_causal_lm, prepare_default_target
+
+    try:
+        path = prepare_default_target(progress=False)
+    except Exception as exc:  # the wheel is installed by the README's commands
+        pytest.skip(f"default target unavailable: {exc}")
+    return load_causal_lm(path)
