@@ -6,6 +6,7 @@ saves them as JSON; `ltd_sim` only relies on this protocol, so it never imports 
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
 from typing import Protocol
 
 
@@ -29,3 +30,53 @@ def predict_cycle(model: CostModel, depth: int, size: int, context_len: int, top
     """The one definition of a cycle's cost from its parts; concrete models may call it."""
     draft = sum(model.draft_step(s, top_k, context_len) for s in range(1, depth + 1))
     return draft + model.verify(size, context_len) + model.overhead(depth, size, top_k)
+
+
+ANALYTIC_KIND = "ltd_sim.analytic"
+
+
+@dataclass
+class AnalyticCostModel:
+    """A synthetic, hand-written cost model with a CPU-like verify curve (for tests and examples).
+
+    Not fitted to any measurement: real cost models come from `profiler/`. Its verify curve has the
+    shape a CPU shows: one token (plain decoding) is cheap, the second costs far more (the matrix
+    path changes), and beyond that cost grows in steps of `tile` tokens. All times in seconds.
+    """
+
+    verify_one: float = 0.012  # root alone
+    verify_multi: float = 0.020  # root + 1 tree token
+    verify_tile: float = 0.004  # each further started tile of `tile` tokens
+    tile: int = 16
+    verify_per_ctx: float = 2e-6  # attention over the context, per cached token
+    draft_first: float = 0.002  # step 1 (also feeds the tokens committed last cycle)
+    draft_later: float = 0.003  # each later step (a beam of top_k nodes)
+    draft_per_ctx: float = 2e-7
+    overhead_base: float = 0.0005
+    overhead_per_token: float = 1e-5
+
+    def draft_step(self, step: int, top_k: int, context_len: int) -> float:
+        return (self.draft_first if step == 1 else self.draft_later) + self.draft_per_ctx * context_len
+
+    def verify(self, size: int, context_len: int) -> float:
+        size = max(int(size), 0)
+        base = self.verify_one if size == 0 else self.verify_multi + self.verify_tile * ((size - 1) // self.tile)
+        return base + self.verify_per_ctx * context_len
+
+    def overhead(self, depth: int, size: int, top_k: int) -> float:
+        return self.overhead_base + self.overhead_per_token * size
+
+    def predict_cycle(self, depth: int, size: int, context_len: int, top_k: int) -> float:
+        return predict_cycle(self, depth, size, context_len, top_k)
+
+    def to_json(self) -> dict:
+        return {"kind": ANALYTIC_KIND, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "AnalyticCostModel":
+        from ltd_sim.errors import LTDError
+
+        if d.get("kind") != ANALYTIC_KIND:
+            raise LTDError(f"not an analytic cost model (kind {d.get('kind')!r})")
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: float(v) if k != "tile" else int(v) for k, v in d.items() if k in names})

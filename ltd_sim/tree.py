@@ -179,3 +179,56 @@ class TreeBuilder:
     def tree(self) -> DraftTree:
         n = self.num_nodes
         return DraftTree(self.tokens[:n], self.parents[:n], self.scores[:n], self.steps[:n])
+
+
+def greedy_path(tree: DraftTree, continuation: np.ndarray) -> np.ndarray:
+    """Nodes of the target's greedy path through the whole tree, in depth order (root excluded).
+
+    A node is on the path when its token is the target's token at its depth and its parent is on the
+    path. Siblings carry distinct tokens (top-k of one distribution), so there is at most one such
+    node per depth: the path is a chain.
+    """
+    cont = np.asarray(continuation, dtype=np.int64)
+    steps = tree.steps.astype(np.int64)
+    padded = np.concatenate((cont, [-1]))  # depths beyond the continuation never match
+    match = tree.tokens.astype(np.int64) == padded[np.clip(steps - 1, 0, len(cont))]
+    on = np.zeros(tree.num_nodes, dtype=bool)
+    on[ROOT] = True
+    start = 1
+    for step in range(1, tree.depth + 1):  # nodes of one step are contiguous; parents come before
+        end = tree.nodes_up_to(step)
+        on[start:end] = match[start:end] & on[tree.parents[start:end]]
+        start = end
+    on[ROOT] = False
+    return np.flatnonzero(on)
+
+
+def accepted_length_table(tree: DraftTree, continuation: np.ndarray, sizes) -> np.ndarray:
+    """Accepted draft tokens for every depth 1..tree.depth and every V in `sizes`: int [depth, len(sizes)].
+
+    Equal to `accepted_length_on_trace(tree, D, V, continuation)` for each (D, V), computed at once.
+    The verify set of (D, V) is the root plus the V best candidates among the first D steps (score
+    descending, smaller index first on ties, as `select_verify_set`); it is a connected subtree, so
+    the accepted length is the number of greedy-path nodes of depth <= D inside it. A path node enters
+    when V exceeds its rank among the step-<=D candidates.
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    path = greedy_path(tree, continuation)
+    depth = tree.depth
+    table = np.zeros((depth, len(sizes)), dtype=np.int64)
+    if len(path) == 0:
+        return table
+    cand = tree.scores[1:]
+    idx = np.arange(1, tree.num_nodes)
+    s = tree.scores[path][:, None]
+    before = (cand[None, :] > s) | ((cand[None, :] == s) & (idx[None, :] < path[:, None]))
+    ranks_upto = np.cumsum(before, axis=1)  # [len(path), n - 1]: rank among candidates 1..j+1
+    path_depth = tree.steps[path].astype(np.int64)
+    for d in range(1, depth + 1):
+        n = tree.nodes_up_to(d)
+        inside = path_depth <= d
+        if not inside.any():
+            continue
+        rank = ranks_upto[inside, n - 2]
+        table[d - 1] = (rank[None, :] < sizes[:, None]).sum(axis=1)
+    return table

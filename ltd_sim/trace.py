@@ -1,0 +1,166 @@
+"""Draft-tree traces: the compact, versioned on-disk record the simulator replays (DESIGN.md).
+
+One file per generated sequence (`seq_NNNNN.npz`, compressed): at every position p of the target's
+greedy output, the full `max_depth` draft tree below root output[p], its node arrays concatenated over
+positions (`offsets[p]:offsets[p+1]` are position p's nodes, node 0 the root, parents local to the
+tree), the target's greedy output itself (whose tokens after p are position p's continuation), and the
+context length (tokens in the target's KV cache) at every position. Writes are atomic; a damaged or
+foreign file raises `LTDError` with one clear line.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ltd_sim import atomic
+from ltd_sim.errors import LTDError
+from ltd_sim.tree import DraftTree
+
+TRACE_FORMAT = "ltd-trace"
+TRACE_VERSION = 1
+MANIFEST = "manifest.json"
+_ARRAYS = ("tokens", "parents", "scores", "steps", "offsets", "output", "context_lens")
+
+
+@dataclass
+class TraceSequence:
+    """The recorded trees of one generation."""
+
+    tokens: np.ndarray  # int32 [N]: every position's tree nodes, concatenated
+    parents: np.ndarray  # int16/int32 [N]: parent index local to its tree (-1 for a root)
+    scores: np.ndarray  # float32 [N]: cumulative draft log-probability (exact: ties decide V sets)
+    steps: np.ndarray  # int8 [N]: node depth
+    offsets: np.ndarray  # int64 [P + 1]
+    output: np.ndarray  # int64 [L]: the target's greedy output; output[p] is position p's root
+    context_lens: np.ndarray  # int64 [P]: target KV length when position p's cycle begins
+    top_k: int
+    max_depth: int
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_positions(self) -> int:
+        return len(self.offsets) - 1
+
+    def tree(self, p: int) -> DraftTree:
+        a, b = int(self.offsets[p]), int(self.offsets[p + 1])
+        return DraftTree(self.tokens[a:b].astype(np.int64), self.parents[a:b].astype(np.int32),
+                         self.scores[a:b], self.steps[a:b])
+
+    def continuation(self, p: int) -> np.ndarray:
+        """The target's greedy tokens below position p's root (continuation[d] at depth d + 1)."""
+        return self.output[p + 1: p + 1 + self.max_depth].astype(np.int64)
+
+    @classmethod
+    def from_trees(cls, trees: list[DraftTree], output, context_lens, top_k: int, max_depth: int,
+                   meta: dict | None = None) -> "TraceSequence":
+        sizes = [t.num_nodes for t in trees]
+        offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+        cat = (lambda name, dt: np.concatenate([getattr(t, name) for t in trees]).astype(dt)
+               if trees else np.zeros(0, dt))
+        pdt = np.int16 if max(sizes, default=0) < 2**15 else np.int32
+        return cls(cat("tokens", np.int32), cat("parents", pdt), cat("scores", np.float32),
+                   cat("steps", np.int8), offsets, np.asarray(output, np.int64),
+                   np.asarray(context_lens, np.int64), int(top_k), int(max_depth), dict(meta or {}))
+
+    def validate(self, where: str = "trace") -> None:
+        n, p = len(self.tokens), self.num_positions
+        if not (len(self.parents) == len(self.scores) == len(self.steps) == n):
+            raise LTDError(f"{where}: node arrays have different lengths")
+        if p < 0 or self.offsets[0] != 0 or self.offsets[-1] != n or (np.diff(self.offsets) < 1).any():
+            raise LTDError(f"{where}: bad node offsets")
+        if len(self.context_lens) != p or len(self.output) != p + 1:
+            raise LTDError(f"{where}: {p} positions but {len(self.output)} output tokens and "
+                           f"{len(self.context_lens)} context lengths (expected {p + 1} and {p})")
+        if n and (self.steps.max() > self.max_depth):
+            raise LTDError(f"{where}: a node is deeper than max_depth {self.max_depth}")
+
+
+def save_sequence(path: str | os.PathLike, seq: TraceSequence) -> None:
+    """Write atomically: a temp file in the same folder, then a rename."""
+    path = Path(path)
+    seq.validate(str(path))
+    header = {"format": TRACE_FORMAT, "version": TRACE_VERSION, "top_k": seq.top_k,
+              "max_depth": seq.max_depth, "meta": seq.meta}
+    buf = io.BytesIO()
+    np.savez_compressed(buf, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+                        **{name: getattr(seq, name) for name in _ARRAYS})
+    atomic.write_bytes(path, buf.getvalue())
+
+
+def load_sequence(path: str | os.PathLike) -> TraceSequence:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            header = json.loads(bytes(data["header"]).decode())
+            arrays = {name: data[name] for name in _ARRAYS}
+    except FileNotFoundError:
+        raise LTDError(f"no trace file at {path}") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        raise LTDError(f"corrupted trace file {path}: {type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'}") from None
+    if not isinstance(header, dict) or header.get("format") != TRACE_FORMAT:
+        raise LTDError(f"{path} is not an LTD trace file")
+    if header.get("version") != TRACE_VERSION:
+        raise LTDError(f"trace file {path} has format version {header.get('version')}; this toolkit reads "
+                       f"version {TRACE_VERSION} (re-record it with `ltd trace`)")
+    seq = TraceSequence(**arrays, top_k=int(header["top_k"]), max_depth=int(header["max_depth"]),
+                        meta=header.get("meta", {}))
+    seq.validate(str(path))
+    return seq
+
+
+def sequence_path(out_dir: str | os.PathLike, index: int) -> Path:
+    return Path(out_dir) / f"seq_{index:05d}.npz"
+
+
+def trace_files(trace_dir: str | os.PathLike) -> list[Path]:
+    d = Path(trace_dir)
+    if not d.is_dir():
+        raise LTDError(f"no trace folder at {d}")
+    files = sorted(d.glob("seq_*.npz"))
+    if not files:
+        raise LTDError(f"no trace files (seq_*.npz) in {d}; record some with `ltd trace`")
+    return files
+
+
+SPLITS = ("all", "train", "val", "test")
+
+
+def split_of(index: int) -> str:
+    """Deterministic split by sequence order: 3 of 5 train, 1 val (checkpoint choice), 1 test."""
+    return {3: "val", 4: "test"}.get(index % 5, "train")
+
+
+def load_traces(trace_dir: str | os.PathLike, split: str = "all") -> list[TraceSequence]:
+    """Every sequence of a trace folder (or one split of it), checked to share top-k and max depth."""
+    if split not in SPLITS:
+        raise LTDError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    files = trace_files(trace_dir)
+    seqs = [load_sequence(f) for i, f in enumerate(files) if split == "all" or split_of(i) == split]
+    if not seqs:
+        raise LTDError(f"the {split!r} split of {trace_dir} is empty ({len(files)} sequences in all)")
+    shapes = {(s.top_k, s.max_depth) for s in seqs}
+    if len(shapes) > 1:
+        raise LTDError(f"traces in {trace_dir} mix (top_k, max_depth) settings: {sorted(shapes)}")
+    return seqs
+
+
+def write_manifest(out_dir: str | os.PathLike, info: dict) -> None:
+    atomic.write_json(Path(out_dir) / MANIFEST, {"format": TRACE_FORMAT, "version": TRACE_VERSION, **info})
+
+
+def read_manifest(trace_dir: str | os.PathLike) -> dict:
+    path = Path(trace_dir) / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise LTDError(f"corrupted trace manifest {path}: {exc}") from None

@@ -1,0 +1,105 @@
+"""Record draft-tree traces with the real decoder (DESIGN.md, "Trace-driven simulation").
+
+Run the decoder with StaticDepth(max_depth) and StaticSize(0): every cycle drafts the full
+`max_depth` tree (handed to `on_cycle`) and then verifies the root alone, so it commits exactly the
+target's next greedy token. The cycles therefore visit every position of the greedy output once,
+and the output itself is each position's continuation.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ltd_sim import defaults
+from ltd_sim.control import StaticDepth, StaticSize
+from ltd_sim.errors import LTDError
+from ltd_sim.trace import TraceSequence, load_sequence, save_sequence, sequence_path, write_manifest
+from ltd_sim.tree import DraftTree
+from realrun.decoder import DecodeConfig, generate
+
+
+def record_sequence(target, drafter, prompt_ids, max_new_tokens: int = defaults.MAX_NEW_TOKENS,
+                    top_k: int = defaults.TOP_K, max_depth: int = defaults.MAX_DEPTH,
+                    eos_ids=frozenset(), context_limit: int | None = None,
+                    meta: dict | None = None) -> TraceSequence:
+    """One prompt's trace: a full tree at every position of the target's greedy output."""
+    if drafter is None:
+        raise LTDError("recording a trace needs a draft model (--draft)")
+    trees: list[DraftTree] = []
+    contexts: list[int] = []
+
+    def on_cycle(tree: DraftTree, record) -> None:
+        if record.size != 0 or record.accepted != 0:
+            raise AssertionError("trace recording verifies the root alone (V = 0)")
+        trees.append(DraftTree(tree.tokens.copy(), tree.parents.copy(), tree.scores.copy(), tree.steps.copy()))
+        contexts.append(record.context_len)
+
+    cfg = DecodeConfig(max_new_tokens=max_new_tokens, top_k=top_k, max_depth=max_depth)
+    result = generate(target, prompt_ids, drafter, cfg, StaticDepth(max_depth), StaticSize(0),
+                      eos_ids=eos_ids, context_limit=context_limit, on_cycle=on_cycle)
+    info = {"prompt_len": int(np.asarray(prompt_ids).size), "stop_reason": result.stop_reason, **(meta or {})}
+    return TraceSequence.from_trees(trees, result.token_ids, contexts, top_k, max_depth, info)
+
+
+def read_prompts(path: str | Path, limit: int | None = None) -> list[dict]:
+    """Spec-Bench jsonl ({"question_id", "category", "turns"}: the first turn) or plain text lines."""
+    path = Path(path)
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except OSError as exc:
+        raise LTDError(f"cannot read --prompts {path}: {exc}") from None
+    prompts = []
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith("{"):
+            try:
+                obj = json.loads(line)
+                text = obj["turns"][0] if "turns" in obj else obj["prompt"]
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                raise LTDError(f"{path}:{i + 1}: not a Spec-Bench record ({type(exc).__name__})") from None
+            prompts.append({"id": str(obj.get("question_id", i)), "category": obj.get("category", ""),
+                            "text": str(text)})
+        else:
+            prompts.append({"id": str(i), "category": "", "text": line})
+    if not prompts:
+        raise LTDError(f"--prompts {path} has no prompts")
+    return prompts[:limit] if limit else prompts
+
+
+def _done(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        load_sequence(path)
+        return True
+    except LTDError:
+        return False  # a damaged file from an interrupted run is recorded again
+
+
+def record_prompts(pair, prompts: list[dict], out_dir: str | Path, encode, max_new_tokens: int,
+                   top_k: int = defaults.TOP_K, max_depth: int = defaults.MAX_DEPTH,
+                   progress: bool = True, info: dict | None = None) -> dict:
+    """Record every prompt into `out_dir/seq_NNNNN.npz`, skipping those already there (resume)."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    write_manifest(out_dir, {"top_k": top_k, "max_depth": max_depth, "max_new_tokens": max_new_tokens,
+                             "num_prompts": len(prompts), **(info or {})})
+    recorded = skipped = positions = 0
+    bar = tqdm(prompts, desc="trace", unit="prompt", disable=not progress)
+    for i, prompt in enumerate(bar):
+        path = sequence_path(out_dir, i)
+        if _done(path):
+            skipped += 1
+            continue
+        ids = encode(prompt["text"])
+        seq = record_sequence(pair.target.model, pair.drafter, ids, max_new_tokens, top_k, max_depth,
+                              pair.eos_ids, pair.context_limit,
+                              {"prompt_id": prompt["id"], "category": prompt["category"]})
+        save_sequence(path, seq)
+        recorded += 1
+        positions += seq.num_positions
+        bar.set_postfix(positions=positions)
+    return {"recorded": recorded, "skipped": skipped, "positions": positions, "out": str(out_dir)}
