@@ -189,10 +189,11 @@ def _pick(logits: torch.Tensor, cfg: DecodeConfig, generator) -> int:
 def generate(target, prompt_ids, drafter: Drafter | None = None, cfg: DecodeConfig | None = None,
              depth_ctrl: DepthController | None = None, size_ctrl: SizeController | None = None,
              eos_ids: set[int] | frozenset = frozenset(), context_limit: int | None = None,
-             on_cycle=None) -> GenerationResult:
+             on_cycle=None, keep_cache: bool = False) -> GenerationResult:
     """Speculative decoding (with a drafter) or plain autoregressive decoding (without).
 
-    `on_cycle(tree, record)`, when given, sees every cycle's full draft tree (trace recording)."""
+    `on_cycle(tree, record)`, when given, sees every cycle's full draft tree (trace recording).
+    `keep_cache` puts the target's final KV cache in `result.extra["cache"]` (tests)."""
     from transformers import DynamicCache
 
     cfg = cfg or DecodeConfig()
@@ -276,4 +277,7 @@ def generate(target, prompt_ids, drafter: Drafter | None = None, cfg: DecodeConf
         if on_cycle is not None:
             on_cycle(tree, record)
 
-    return GenerationResult(output, cycles, prefill_s, clock.now() - t_start, stop)
+    result = GenerationResult(output, cycles, prefill_s, clock.now() - t_start, stop)
+    if keep_cache:
+        result.extra["cache"] = cache
+    return result
