@@ -163,6 +163,13 @@ def simulate(t: SimTables, choose, feedback=None) -> SimResult:
     return SimResult(tokens, time, cycles)
 
 
+def first_stop(stop: np.ndarray, dmax: np.ndarray) -> np.ndarray:
+    """Depth per position: the first step d (1-based) with stop[p, d-1], else the tree's depth."""
+    D = stop.shape[1]
+    stop = stop | (np.arange(1, D + 1)[None, :] >= dmax[:, None])
+    return np.argmax(stop, axis=1) + 1
+
+
 def simulate_tables(t: SimTables, depth_at: np.ndarray, size_at: np.ndarray) -> SimResult:
     """A stateless schedule: depth_at [P] and size index size_at [P, D] (or [P])."""
     size_at = np.asarray(size_at)

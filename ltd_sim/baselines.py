@@ -1,0 +1,112 @@
+"""Baselines on the same traces and cost model as the policies, and the one evaluation table.
+
+- every static (D, V) of the grid; `eagle3` is EAGLE-3's default (MAX_DEPTH, STATIC_SIZE);
+  `best_static` the fastest of the grid on the evaluated traces;
+- `oracle`: the DP's fastest schedule (same action set, V = 0 included): the physical limit;
+- heuristics from the literature, each tuned (threshold and V from the grid) on the evaluated traces
+  themselves, the most favourable choice for them:
+  * `confidence_stop`: stop after the step whose best node's conditional probability falls under a
+    threshold (DISCO's confidence stop; transformers' `assistant_confidence_threshold`);
+  * `entropy_stop`: stop when the entropy of the draft distribution behind the best node exceeds a
+    threshold (AdaEDL's and SVIP's entropy-based stops, from the draft's top-k log-probs);
+  * `transformers_heuristic`: transformers' `num_assistant_tokens_schedule="heuristic"`: start at 5
+    draft tokens, +2 after a cycle that accepted all of them, -1 (at least 1) otherwise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ltd_sim import defaults
+from ltd_sim.errors import LTDError
+from ltd_sim.sim import (SimResult, SimTables, autoregressive, first_stop, oracle, simulate, simulate_tables,
+                         static_grid)
+
+EAGLE3 = (defaults.MAX_DEPTH, defaults.STATIC_SIZE)
+CONFIDENCE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+SCHEDULE_START = 5  # transformers' former default num_assistant_tokens for the heuristic schedule
+
+
+def size_index(grid, size: int) -> int:
+    if size not in grid:
+        raise LTDError(f"V = {size} is not in the size grid {tuple(grid)}")
+    return list(grid).index(size)
+
+
+def _best_over_sizes(t: SimTables, depth_at: np.ndarray) -> tuple[SimResult, int]:
+    runs = [simulate_tables(t, depth_at, np.full(t.num_positions, g)) for g in range(len(t.grid))]
+    g = int(np.argmax([r.tokens_per_s for r in runs]))
+    return runs[g], g
+
+
+def confidence_stop(t: SimTables) -> tuple[SimResult, dict]:
+    best = None
+    for thr in CONFIDENCE_THRESHOLDS:
+        res, g = _best_over_sizes(t, first_stop(t.conf < thr, t.dmax))
+        if best is None or res.tokens_per_s > best[0].tokens_per_s:
+            best = (res, {"threshold": thr, "size": t.grid[g]})
+    return best
+
+
+def entropy_stop(t: SimTables) -> tuple[SimResult, dict]:
+    levels = np.unique(np.quantile(t.entropy, np.linspace(0.05, 0.95, 10)).round(4))
+    best = None
+    for thr in levels:
+        res, g = _best_over_sizes(t, first_stop(t.entropy > thr, t.dmax))
+        if best is None or res.tokens_per_s > best[0].tokens_per_s:
+            best = (res, {"threshold": float(thr), "size": t.grid[g]})
+    return best
+
+
+def transformers_schedule(t: SimTables, size_g: int, start: int = SCHEDULE_START) -> SimResult:
+    num = np.full(t.num_sequences, min(start, t.max_depth), np.int64)
+
+    def choose(p, seq):
+        return num[seq], np.full(len(seq), size_g)
+
+    def feedback(seq, depth, accepted):
+        full = accepted >= depth
+        num[seq] = np.clip(np.where(full, num[seq] + 2, num[seq] - 1), 1, t.max_depth)
+
+    return simulate(t, choose, feedback)
+
+
+def transformers_heuristic(t: SimTables) -> tuple[SimResult, dict]:
+    runs = [transformers_schedule(t, g) for g in range(len(t.grid))]
+    g = int(np.argmax([r.tokens_per_s for r in runs]))
+    return runs[g], {"start": SCHEDULE_START, "size": t.grid[g]}
+
+
+def _row(res: SimResult, oracle_rate: float, ar_rate: float, **extra) -> dict:
+    return {"tokens_per_s": res.tokens_per_s, "tau": res.tau, "oracle_ratio": res.tokens_per_s / oracle_rate,
+            "speedup_vs_ar": res.tokens_per_s / ar_rate, **extra}
+
+
+def evaluate(t: SimTables, policy_schedule: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """All methods on these tables: {"methods": {NAME: {"tokens_per_s", "tau", "oracle_ratio", ...}}}.
+
+    `policy_schedule` = (depth per position [P], size index per position and depth [P, D]) of the
+    LTD policies (see `ltd_sim.policy.decision_tables`)."""
+    orc, _, _ = oracle(t)
+    ar = autoregressive(t)
+    o_rate, a_rate = orc.tokens_per_s, ar.tokens_per_s
+    grid = static_grid(t)
+    best_key = max(grid, key=lambda k: grid[k].tokens_per_s)
+    methods = {
+        "oracle": _row(orc, o_rate, a_rate),
+        "autoregressive": _row(ar, o_rate, a_rate),
+        "eagle3": _row(grid[EAGLE3], o_rate, a_rate, depth=EAGLE3[0], size=EAGLE3[1])
+        if EAGLE3[0] <= t.max_depth and EAGLE3[1] in t.grid else None,
+        "best_static": _row(grid[best_key], o_rate, a_rate, depth=best_key[0], size=best_key[1]),
+    }
+    for name, fn in (("confidence_stop", confidence_stop), ("entropy_stop", entropy_stop),
+                     ("transformers_heuristic", transformers_heuristic)):
+        res, params = fn(t)
+        methods[name] = _row(res, o_rate, a_rate, **params)
+    if policy_schedule is not None:
+        res = simulate_tables(t, *policy_schedule)
+        methods["ltd"] = _row(res, o_rate, a_rate)
+        methods["ltd"]["vs_best_static"] = res.tokens_per_s / grid[best_key].tokens_per_s
+    methods = {k: v for k, v in methods.items() if v is not None}
+    return {"methods": methods, "positions": t.num_positions, "sequences": t.num_sequences,
+            "static_grid": {f"{d},{v}": r.tokens_per_s for (d, v), r in grid.items()}}

@@ -1,0 +1,136 @@
+"""Saved LTD policies (stable-baselines3 zips + a JSON spec) and their use as controllers.
+
+A policy folder holds `depth.zip` and `size.zip` (SB3 PPO models) and `spec.json`: the feature spec
+(name, dimension, normalisation constants), the action spec (depth: CONTINUE/STOP; size: the V grid),
+the trace settings (top-k, max depth) and training figures. `PolicyController` implements both
+`DepthController` and `SizeController` from such a folder, observing through the one feature
+function, so the real decoder runs exactly what the simulator trained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ltd_sim.errors import LTDError
+from ltd_sim.features import FeatureSpec, observe
+from ltd_sim.sim import SimTables, first_stop
+from ltd_sim.tree import DraftTree
+
+POLICY_FORMAT = "ltd-policies"
+POLICY_VERSION = 1
+DEPTH_ACTIONS = ("CONTINUE", "STOP")
+STOP = DEPTH_ACTIONS.index("STOP")
+
+
+def predict(model, obs: np.ndarray) -> np.ndarray:
+    """Deterministic actions for a batch of observations [n, F]."""
+    actions, _ = model.predict(np.asarray(obs, np.float32), deterministic=True)
+    return np.asarray(actions, np.int64).reshape(len(obs))
+
+
+def depth_table(t: SimTables, depth_model) -> np.ndarray:
+    """The depth a depth policy stops at, per position [P] (the tree's depth at the latest)."""
+    P, D, F = t.feats.shape
+    stop = predict(depth_model, t.feats.reshape(P * D, F)).reshape(P, D) == STOP
+    return first_stop(stop, t.dmax)
+
+
+def size_table(t: SimTables, size_model) -> np.ndarray:
+    """The size index a size policy picks, per position and depth [P, D]."""
+    P, D, F = t.feats.shape
+    return predict(size_model, t.feats.reshape(P * D, F)).reshape(P, D)
+
+
+def decision_tables(t: SimTables, depth_model, size_model) -> tuple[np.ndarray, np.ndarray]:
+    return depth_table(t, depth_model), size_table(t, size_model)
+
+
+def _save_zip(model, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".zip", dir=path.parent)
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_policies(out_dir: str | os.PathLike, depth_model, size_model, spec: FeatureSpec,
+                  extra: dict | None = None) -> Path:
+    """Write depth.zip, size.zip and spec.json into `out_dir` (a fresh folder swapped in atomically)."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
+    try:
+        _save_zip(depth_model, tmp / "depth.zip")
+        _save_zip(size_model, tmp / "size.zip")
+        info = {"format": POLICY_FORMAT, "version": POLICY_VERSION, "features": spec.to_json(),
+                "depth_actions": list(DEPTH_ACTIONS), "size_grid": list(spec.size_grid),
+                "top_k": spec.top_k, "max_depth": spec.max_depth, **(extra or {})}
+        (tmp / "spec.json").write_text(json.dumps(info, indent=2) + "\n")
+        if out.exists():
+            old = out.with_name(f".old-{out.name}-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_policies(policy_dir: str | os.PathLike):
+    """(depth model, size model, FeatureSpec, spec dict) from a policy folder."""
+    from stable_baselines3 import PPO
+
+    d = Path(policy_dir)
+    spec_path = d / "spec.json"
+    if not spec_path.is_file():
+        raise LTDError(f"no policy at {d} (expected spec.json, depth.zip, size.zip)")
+    try:
+        info = json.loads(spec_path.read_text())
+    except ValueError as exc:
+        raise LTDError(f"corrupted policy spec {spec_path}: {exc}") from None
+    if info.get("format") != POLICY_FORMAT or info.get("version") != POLICY_VERSION:
+        raise LTDError(f"{spec_path} is not an LTD policy spec of version {POLICY_VERSION}")
+    spec = FeatureSpec.from_json(info["features"])
+    models = []
+    for name in ("depth", "size"):
+        try:
+            models.append(PPO.load(d / f"{name}.zip", device="cpu"))
+        except Exception as exc:  # noqa: BLE001 (SB3 raises many kinds on a bad zip)
+            raise LTDError(f"cannot load the {name} policy {d / (name + '.zip')}: {exc}") from None
+    for model, n_actions in zip(models, (2, len(spec.size_grid))):
+        if model.observation_space.shape != (spec.dim,) or model.action_space.n != n_actions:
+            raise LTDError(f"the policies in {d} do not match their spec (features {spec.dim}, "
+                           f"{n_actions} actions)")
+    return models[0], models[1], spec, info
+
+
+class PolicyController:
+    """Depth and size control by saved LTD policies, for the real decoder (and anything else)."""
+
+    def __init__(self, policy_dir: str | os.PathLike):
+        self.depth_model, self.size_model, self.spec, self.info = load_policies(policy_dir)
+
+    def check_compatible(self, top_k: int, max_depth: int) -> None:
+        if (top_k, max_depth) != (self.spec.top_k, self.spec.max_depth):
+            raise LTDError(f"the policies were trained for top-k {self.spec.top_k}, max depth "
+                           f"{self.spec.max_depth}; this decoder uses {top_k}, {max_depth}")
+
+    def should_continue(self, tree: DraftTree, context_len: int) -> bool:
+        obs = observe(tree, context_len, self.spec)[None]
+        return int(predict(self.depth_model, obs)[0]) != STOP
+
+    def choose_size(self, tree: DraftTree, context_len: int) -> int:
+        obs = observe(tree, context_len, self.spec)[None]
+        return int(self.spec.size_grid[int(predict(self.size_model, obs)[0])])

@@ -1,0 +1,70 @@
+"""`ltd sim eval`: every baseline, the DP oracle and (optionally) LTD policies on traces + a cost model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ltd_sim.errors import LTDError
+
+
+def load_cost(path: str):
+    """A cost model JSON: the profiler's fitted models, or ltd_sim's synthetic analytic model."""
+    from ltd_sim.cost_model import ANALYTIC_KIND, AnalyticCostModel
+
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except OSError as exc:
+        raise LTDError(f"cannot read --cost {p}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise LTDError(f"--cost {p} is not JSON: {exc}") from None
+    if isinstance(data, dict) and data.get("kind") == ANALYTIC_KIND:
+        return AnalyticCostModel.from_json(data)
+    from profiler import load_cost_model  # the profiler's fitted models (imported only when needed)
+
+    return load_cost_model(p)
+
+
+def load_tables(traces: str, cost_path: str, split: str = "all"):
+    from ltd_sim.sim import SimTables
+    from ltd_sim.trace import load_traces
+
+    cost = load_cost(cost_path)
+    return SimTables.build(load_traces(traces, split), cost)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("sim", help="trace-driven simulation")
+    s = p.add_subparsers(dest="sim_command", required=True)
+    e = s.add_parser("eval", help="oracle, static grid, heuristics and LTD policies on traces")
+    e.add_argument("--cost", required=True, help="cost model JSON (from `ltd profile`)")
+    e.add_argument("--traces", required=True, help="trace folder (from `ltd trace`)")
+    e.add_argument("--policy", default=None, help="policy folder (from `ltd pretrain`: OUT/policies)")
+    e.add_argument("--split", default="all", choices=["all", "train", "val", "test"],
+                   help="which sequences of the folder (the split pretraining uses; default all)")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_sim_eval)
+
+
+def cmd_sim_eval(args) -> int:
+    from ltd_sim.baselines import evaluate
+    from ltd_sim.policy import PolicyController, decision_tables
+
+    controller = PolicyController(args.policy) if args.policy else None  # fail before the work
+    tables = load_tables(args.traces, args.cost, args.split)
+    schedule = None
+    if controller is not None:
+        controller.check_compatible(tables.top_k, tables.max_depth)
+        schedule = decision_tables(tables, controller.depth_model, controller.size_model)
+    report = evaluate(tables, schedule)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{report['sequences']} sequences, {report['positions']} positions")
+    print(f"{'method':24s} {'tok/s':>9s} {'tau':>6s} {'oracle':>7s} {'vs AR':>6s}  params")
+    for name, row in report["methods"].items():
+        params = {k: v for k, v in row.items() if k not in ("tokens_per_s", "tau", "oracle_ratio", "speedup_vs_ar")}
+        print(f"{name:24s} {row['tokens_per_s']:9.2f} {row['tau']:6.2f} {row['oracle_ratio']:7.3f} "
+              f"{row['speedup_vs_ar']:6.3f}  {params if params else ''}")
+    return 0
