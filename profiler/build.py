@@ -1,0 +1,98 @@
+"""From measurements to a saved cost model, plots and a Markdown summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+
+from profiler.fit import fit_component
+from profiler.model import COMPONENTS, FittedCostModel, write_json_atomic
+from profiler.sweeps import PhaseProbes, SweepResult, SweepSpec, run_sweeps
+from profiler.timing import Timer
+
+MODEL_FILE = "cost_model.json"
+MEASUREMENTS_FILE = "measurements.json"
+SUMMARY_FILE = "profile.md"
+
+
+def fit_cost_model(result: SweepResult, fingerprint: dict) -> FittedCostModel:
+    comps = {}
+    for name in COMPONENTS:
+        ms = result.components.get(name) or []
+        if not ms:
+            continue
+        params, cv = fit_component(name, [m.key for m in ms], [m.median for m in ms])
+        comps[name] = {"params": params, "cv": cv, "points": len(ms)}
+    if "draft_step" not in comps:  # a target-only profile: no drafting, no drafter bookkeeping
+        comps["draft_step"] = {"params": {"x": [0.0], "y": [0.0], "coef": [], "intercept": 0.0},
+                               "cv": {}, "points": 0}
+        comps["overhead"] = {"params": {"x": [0.0], "y": [0.0], "coef": [], "intercept": 0.0},
+                             "cv": {}, "points": 0}
+    policy = result.components.get("policy") or []
+    policy_s = policy[0].median if policy else 0.0
+    meta = {"sweep": result.spec["name"], "sweep_wall_s": round(result.wall_s, 2),
+            "outliers": result.outliers(), "samples": sum(m.n for ms in result.components.values() for m in ms)}
+    return FittedCostModel(comps, policy_s, fingerprint, True, meta)
+
+
+def profile_device(probes: PhaseProbes, spec: SweepSpec, timer: Timer, fingerprint: dict,
+                   out_dir: str | Path, progress: bool = True, plots: bool = True) -> FittedCostModel:
+    """Sweep, fit, and write cost_model.json, measurements.json, plots/*.png and profile.md."""
+    out = Path(out_dir)
+    result = run_sweeps(probes, spec, timer, progress=progress)
+    write_json_atomic(out / MEASUREMENTS_FILE, result.to_json())
+    model = fit_cost_model(result, fingerprint)
+    model.save(out / MODEL_FILE)
+    images = []
+    if plots:
+        from profiler.plots import plot_all
+
+        images = plot_all(model, result, out / "plots")
+    write_summary(model, result, out / SUMMARY_FILE, images)
+    return model
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def write_summary(model: FittedCostModel, result: SweepResult, path: Path, images: list[Path]) -> Path:
+    fp = model.fingerprint
+    spec = result.spec
+    lines = ["# Cost-model profile", "",
+             "| fingerprint | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in fp.items()]
+    lines += ["", f"Sweep `{spec['name']}`: {result.wall_s:.0f} s, {model.meta['samples']} timed samples, "
+              f"{model.meta['outliers']} flagged as outliers (> 4 scaled MADs from their median); "
+              f"contexts {list(spec['context_lens'])}, top-k {list(spec['top_ks'])}, "
+              f"{spec['warmup']} warm-up + {spec['repeats']} timed repeats per point.", "",
+              "| component | points | CV MAPE | CV median APE | CV max APE |", "|---|---|---|---|---|"]
+    for name, comp in model.components.items():
+        cv = comp.get("cv") or {}
+        lines.append(f"| {name} | {comp.get('points', 0)} | {_pct(cv.get('mape'))} | "
+                     f"{_pct(cv.get('median_ape'))} | {_pct(cv.get('max_ape'))} |")
+    ctx = list(spec["context_lens"])
+    k = fp.get("top_k") or (spec["top_ks"][-1] if spec["top_ks"] else 0)
+    lines += ["", f"Policy decision (2x64 MLP, batch 1): {model.policy_s * 1e6:.0f} us.", "",
+              f"Predicted cycle time (ms) at top-k {k}, with depth + 1 policy decisions:", "",
+              "| depth | V | " + " | ".join(f"ctx {c}" for c in ctx) + " |",
+              "|---|---|" + "---|" * len(ctx)]
+    for d, v in ((1, 0), (1, 2), (3, 8), (4, 16), (6, 32), (8, 60)):
+        row = " | ".join(f"{1e3 * model.predict_cycle(d, v, c, k):.1f}" for c in ctx)
+        lines.append(f"| {d} | {v} | {row} |")
+    if images:
+        lines += [""] + [f"![{p.stem}](plots/{p.name})" for p in images]
+    text = "\n".join(lines) + "\n"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def load_measurements(path: str | Path) -> SweepResult:
+    return SweepResult.from_json(json.loads(Path(path).read_text()))
+
+
+

@@ -1,0 +1,116 @@
+"""Plots: measured medians (with their interquartile range) against the fitted curve, per component."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from profiler.model import FittedCostModel  # noqa: E402
+from profiler.sweeps import SweepResult  # noqa: E402
+
+
+def _errbar(ax, x, ms, color, label):
+    med = np.array([m.median for m in ms]) * 1e3
+    lo = med - np.array([m.p25 for m in ms]) * 1e3
+    hi = np.array([m.p75 for m in ms]) * 1e3 - med
+    ax.errorbar(x, med, yerr=[np.maximum(lo, 0), np.maximum(hi, 0)], fmt="o", ms=3.5, color=color,
+                capsize=2, label=label)
+    out = [i for i, m in enumerate(ms) if m.outliers]
+    if out:
+        ax.scatter(np.asarray(x)[out], med[out], s=60, facecolors="none", edgecolors="red", lw=1)
+
+
+def _verify(ax, model, result):
+    ms = result.components["verify"]
+    ctxs = sorted({m.key["context_len"] for m in ms})
+    vmax = max(m.key["size"] for m in ms)
+    grid = np.arange(0, vmax + 1)
+    for i, c in enumerate(ctxs):
+        color = plt.cm.viridis(i / max(len(ctxs) - 1, 1))
+        pts = sorted((m for m in ms if m.key["context_len"] == c), key=lambda m: m.key["size"])
+        _errbar(ax, [m.key["size"] for m in pts], pts, color, f"ctx {c}")
+        ax.plot(grid, [1e3 * model.verify(v, c) for v in grid], "-", color=color, lw=1, drawstyle="default")
+    ax.set(xlabel="V (tree tokens verified besides the root)", ylabel="ms", title="verify forward")
+    ax.legend(fontsize=7)
+
+
+def _draft(ax, model, result):
+    ms = result.components["draft_step"]
+    ctxs = sorted({m.key["context_len"] for m in ms})
+    ks = sorted({m.key["top_k"] for m in ms})
+    combos = [(k, c) for k in ks for c in (ctxs[0], ctxs[-1])]
+    for i, (k, c) in enumerate(dict.fromkeys(combos)):
+        color = plt.cm.plasma(i / max(len(combos) - 1, 1))
+        pts = sorted((m for m in ms if m.key["top_k"] == k and m.key["context_len"] == c), key=lambda m: m.key["step"])
+        steps = [m.key["step"] for m in pts]
+        _errbar(ax, steps, pts, color, f"k={k} ctx {c}")
+        ax.plot(steps, [1e3 * model.draft_step(s, k, c) for s in steps], "-", color=color, lw=1)
+    ax.set(xlabel="draft step", ylabel="ms", title="draft step")
+    ax.legend(fontsize=7)
+
+
+def _overhead(ax, model, result):
+    ms = result.components["overhead"]
+    combos = sorted({(m.key["depth"], m.key["top_k"]) for m in ms})
+    fixed = model.without_policy()
+    for i, (d, k) in enumerate(combos):
+        color = plt.cm.tab10(i % 10)
+        pts = sorted((m for m in ms if m.key["depth"] == d and m.key["top_k"] == k), key=lambda m: m.key["size"])
+        sizes = [m.key["size"] for m in pts]
+        _errbar(ax, sizes, pts, color, f"D={d} k={k}")
+        grid = np.arange(0, max(sizes) + 1)
+        ax.plot(grid, [1e3 * fixed.overhead(d, v, k) for v in grid], "-", color=color, lw=1)
+    ax.set(xlabel="V", ylabel="ms", title=f"per-cycle overhead (+ policy {model.policy_s * 1e6:.0f} us/decision)")
+    ax.legend(fontsize=6, ncol=2)
+
+
+def _batch(ax, model, result):
+    ms = result.components["batch_forward"]
+    bs = sorted({m.key["batch"] for m in ms})
+    for i, b in enumerate(bs):
+        color = plt.cm.cividis(i / max(len(bs) - 1, 1))
+        pts = sorted((m for m in ms if m.key["batch"] == b), key=lambda m: m.key["tokens"])
+        ts = [m.key["tokens"] for m in pts]
+        _errbar(ax, ts, pts, color, f"batch {b}")
+        ax.plot(ts, [1e3 * model.batch_forward(b, t) for t in ts], "-", color=color, lw=1)
+    ax.set(xlabel="tokens per sequence", ylabel="ms", title="target forward (serving)", xscale="log", yscale="log")
+    ax.legend(fontsize=7)
+
+
+PANELS = {"verify": _verify, "draft_step": _draft, "overhead": _overhead, "batch_forward": _batch}
+
+
+def _save(fig, path: Path) -> Path:
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_all(model: FittedCostModel, result: SweepResult, out_dir: str | Path) -> list[Path]:
+    """One PNG per measured component, plus profile.png with every panel; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [n for n in PANELS if result.components.get(n)]
+    paths = []
+    for name in names:
+        fig, ax = plt.subplots(figsize=(6, 4), tight_layout=True)
+        PANELS[name](ax, model, result)
+        paths.append(_save(fig, out / f"{name}.png"))
+    cols = 2
+    rows = (len(names) + 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(12, 4.2 * rows), tight_layout=True, squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        PANELS[name](ax, model, result)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle(f"{model.fingerprint.get('device', '')} | {model.fingerprint.get('target', '')}", fontsize=9)
+    paths.insert(0, _save(fig, out / "profile.png"))
+    return paths

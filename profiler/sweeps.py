@@ -1,0 +1,191 @@
+"""Sweeps over the decoder's phases. `realrun` hands in a `PhaseProbes` object built from its own
+phase functions; this module only decides what to measure and collects the measurements.
+
+Measured components (keys of `SweepResult.components`):
+  draft_step    by step index, top-k and context length  (one draft_tree call yields every step)
+  verify        by V (tree tokens besides the root) and context length
+  overhead      by depth, V and top-k: tree selection, acceptance, KV compaction, drafter bookkeeping
+  policy        one forward of a small MLP policy net (2 x 64, as stable-baselines3 builds by default)
+  batch_forward target forward by batch size x tokens per sequence (for the serving simulation)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Protocol
+
+import torch
+
+from ltd_sim import defaults
+from profiler.timing import Measurement, Probe, Timer, repeat, summarize, time_callable
+
+
+class PhaseProbes(Protocol):
+    """What `realrun` provides: probes over the real decoder's phase functions."""
+
+    max_context: int  # the longest context the target holds
+    has_drafter: bool
+
+    def prepare(self, context_len: int) -> None:
+        """Untimed: make a target KV cache (and drafter state) holding `context_len` tokens."""
+
+    def draft(self, top_k: int, depth: int) -> Probe:
+        """One draft_tree call of `depth` steps; the probe returns one duration per step."""
+
+    def verify(self, size: int) -> Probe:
+        """One verify_tree forward over root + `size` tree tokens at the prepared context."""
+
+    def overhead(self, depth: int, size: int, top_k: int) -> Probe:
+        """The per-cycle work outside drafting and the verify forward."""
+
+    def batch_forward(self, batch: int, tokens: int, context_len: int) -> Probe:
+        """One target forward of `batch` sequences x `tokens` new tokens over `context_len` cached."""
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    context_lens: tuple[int, ...]
+    top_ks: tuple[int, ...]
+    max_depth: int
+    sizes: tuple[int, ...]
+    overhead_depths: tuple[int, ...]
+    overhead_sizes: tuple[int, ...]
+    overhead_context: int
+    batch_sizes: tuple[int, ...]
+    batch_tokens: tuple[int, ...]
+    batch_context: int
+    warmup: int
+    repeats: int
+    policy_obs_dim: int = 16
+
+    @classmethod
+    def preset(cls, name: str) -> "SweepSpec":
+        grid = tuple(defaults.SIZE_GRID)
+        vmax = max(grid)
+        if name == "tiny":  # seconds, on the tiny random models of the tests
+            return cls("tiny", (16, 64), (2, 4), 3, (0, 1, 2, 4, 6, 8), (1, 3), (0, 4), 32,
+                       (1, 2), (1, 4), 16, warmup=1, repeats=3)
+        if name == "quick":
+            return cls("quick", (64, 512, 1024), (4, defaults.TOP_K),
+                       defaults.MAX_DEPTH, tuple(sorted(set(grid) | {5, 10, 20, 40})),
+                       (1, 4, defaults.MAX_DEPTH), (0, 8, vmax), 256,
+                       (1, 4, 16), (1, 4, 16), 128, warmup=1, repeats=4)
+        if name == "full":
+            return cls("full", (64, 128, 256, 512, 1024, 2048), (2, 4, 6, 8, defaults.TOP_K, 16),
+                       defaults.MAX_DEPTH, tuple(range(0, vmax + 1)),
+                       (1, 2, 4, 6, defaults.MAX_DEPTH), (0, 2, 8, 16, 32, vmax), 512,
+                       (1, 2, 4, 8, 16, 32), (1, 2, 4, 8, 16, 32, 64), 256, warmup=2, repeats=7)
+        raise ValueError(f"unknown sweep preset {name!r} (tiny, quick, full)")
+
+    def capped(self, max_context: int) -> "SweepSpec":
+        """Drop context lengths the model cannot hold (room is left for the tree)."""
+        room = max_context - max(self.sizes) - self.max_depth - 2
+        ctx = tuple(c for c in self.context_lens if c <= room) or (max(8, room),)
+        return replace(self, context_lens=ctx, overhead_context=min(self.overhead_context, ctx[-1]),
+                       batch_context=min(self.batch_context, ctx[-1]))
+
+    def count(self, has_drafter: bool) -> int:
+        n = len(self.context_lens) * len(self.sizes) + len(self.batch_sizes) * len(self.batch_tokens) + 1
+        if has_drafter:
+            n += len(self.context_lens) * len(self.top_ks)
+            n += len(self.overhead_depths) * len(self.overhead_sizes) * len(self.top_ks)
+        return n
+
+
+@dataclass
+class SweepResult:
+    spec: dict
+    device: str
+    components: dict[str, list[Measurement]] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"spec": self.spec, "device": self.device, "wall_s": self.wall_s,
+                "components": {k: [m.to_json() for m in v] for k, v in self.components.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "SweepResult":
+        comps = {k: [Measurement.from_json(m) for m in v] for k, v in d["components"].items()}
+        return cls(d["spec"], d["device"], comps, d.get("wall_s", 0.0))
+
+    def outliers(self) -> int:
+        return sum(m.outliers for ms in self.components.values() for m in ms)
+
+
+def policy_net(obs_dim: int, n_actions: int, hidden: int = 64) -> torch.nn.Module:
+    """The shape of a stable-baselines3 MlpPolicy actor: 2 x 64 tanh layers, then the action logits."""
+    return torch.nn.Sequential(torch.nn.Linear(obs_dim, hidden), torch.nn.Tanh(),
+                               torch.nn.Linear(hidden, hidden), torch.nn.Tanh(),
+                               torch.nn.Linear(hidden, n_actions)).eval()
+
+
+def time_policy(timer: Timer, obs_dim: int = 16, n_actions: int = len(defaults.SIZE_GRID),
+                warmup: int = 20, repeats: int = 200) -> Measurement:
+    """One policy decision on the CPU: observation to tensor, forward, argmax to a Python int."""
+    net = policy_net(obs_dim, n_actions)
+    obs = [0.1] * obs_dim
+
+    @torch.no_grad()
+    def decide():
+        return int(net(torch.tensor(obs, dtype=torch.float32)[None]).argmax())
+
+    return time_callable(decide, Timer("cpu"), warmup, repeats, {"obs_dim": obs_dim, "hidden": 64})
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, unit="pt")
+
+
+def run_sweeps(probes: PhaseProbes, spec: SweepSpec, timer: Timer, progress: bool = True) -> SweepResult:
+    """Measure every component of `spec` with `probes`; returns the raw measurements."""
+    spec = spec.capped(probes.max_context)
+    result = SweepResult(asdict(spec), str(timer.device))
+    comps = result.components = {"draft_step": [], "verify": [], "overhead": [], "policy": [],
+                                 "batch_forward": []}
+    t0 = time.perf_counter()
+    bar = _progress(spec.count(probes.has_drafter), progress, f"profile ({spec.name})")
+    try:
+        for ctx in spec.context_lens:
+            probes.prepare(ctx)
+            if probes.has_drafter:
+                for k in spec.top_ks:
+                    bar.set_postfix_str(f"draft ctx={ctx} k={k}")
+                    reps = repeat(probes.draft(k, spec.max_depth), timer, spec.warmup, spec.repeats)
+                    for s in range(1, spec.max_depth + 1):
+                        comps["draft_step"].append(summarize({"step": s, "top_k": k, "context_len": ctx},
+                                                             [r[s - 1] for r in reps]))
+                    bar.update()
+            for v in spec.sizes:
+                bar.set_postfix_str(f"verify ctx={ctx} V={v}")
+                reps = repeat(probes.verify(v), timer, spec.warmup, spec.repeats)
+                comps["verify"].append(summarize({"size": v, "context_len": ctx}, [r[0] for r in reps]))
+                bar.update()
+        if probes.has_drafter:
+            probes.prepare(spec.overhead_context)
+            for k in spec.top_ks:
+                for d in spec.overhead_depths:
+                    for v in spec.overhead_sizes:
+                        bar.set_postfix_str(f"overhead D={d} V={v} k={k}")
+                        reps = repeat(probes.overhead(d, v, k), timer, spec.warmup, spec.repeats)
+                        comps["overhead"].append(summarize({"depth": d, "size": v, "top_k": k,
+                                                            "context_len": spec.overhead_context},
+                                                           [r[0] for r in reps]))
+                        bar.update()
+        comps["policy"].append(time_policy(timer, spec.policy_obs_dim))
+        bar.update()
+        for b in spec.batch_sizes:
+            for t in spec.batch_tokens:
+                bar.set_postfix_str(f"batch B={b} T={t}")
+                reps = repeat(probes.batch_forward(b, t, spec.batch_context), timer, spec.warmup, spec.repeats)
+                comps["batch_forward"].append(summarize({"batch": b, "tokens": t,
+                                                         "context_len": spec.batch_context},
+                                                        [r[0] for r in reps]))
+                bar.update()
+    finally:
+        bar.close()
+    result.wall_s = time.perf_counter() - t0
+    return result

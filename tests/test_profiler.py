@@ -1,0 +1,167 @@
+"""The profiler: step fitting, cost-model JSON, clear errors on bad files, and a tiny real sweep."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ltd_sim.cost_model import predict_cycle
+from ltd_sim.errors import LTDError
+from profiler import FORMAT_VERSION, FittedCostModel, SweepSpec, Timer, load_cost_model
+from profiler.fit import StepPlusLinear, cv_errors, fit_component, verify_features
+from profiler.timing import summarize
+
+
+def _cpu_like_verify(v, c):
+    """A synthetic CPU verify curve: V=0 cheap, jump at 1, flat to 15, then linear; plus context."""
+    v = np.asarray(v, dtype=float)
+    step = np.where(v == 0, 0.020, np.where(v <= 15, 0.035, 0.035 + 0.002 * (v - 15)))
+    return step + 2e-6 * np.asarray(c) + 1e-7 * np.asarray(c) * (v + 1)
+
+
+def _fake_model(include_policy=True):
+    keys = [{"size": v, "context_len": c} for v in range(0, 61, 2) for c in (64, 512, 2048)]
+    y = [_cpu_like_verify(k["size"], k["context_len"]) for k in keys]
+    verify, cv = fit_component("verify", keys, y)
+    flat = {"x": [0.0], "y": [0.001], "coef": [], "intercept": 0.0}
+    comps = {"verify": {"params": verify, "cv": cv}, "draft_step": {"params": flat, "cv": {}},
+             "overhead": {"params": dict(flat, y=[0.0005]), "cv": {}}}
+    fp = {"device": "cpu: test", "torch": "x", "dtype": "float32", "target": "t", "draft": "d", "top_k": 4}
+    return FittedCostModel(comps, 1e-4, fp, include_policy)
+
+
+def test_fit_recovers_synthetic_step_function():
+    rng = np.random.default_rng(0)
+    v = np.tile(np.arange(0, 61), 3)
+    c = np.repeat([64, 512, 2048], 61)
+    y = _cpu_like_verify(v, c) * (1 + rng.normal(0, 0.01, v.shape))
+    X = verify_features(v, c)
+    model = StepPlusLinear().fit(X, y)
+    truth = _cpu_like_verify(v, c)
+    rel = np.abs(model.predict(X) - truth) / truth
+    assert np.median(rel) < 0.01 and rel.max() < 0.05
+    # the jump from V=0 to V=1 and the flat part are recovered at an unseen context length
+    vv = np.array([0, 1, 8, 15, 30, 60])
+    pred = model.predict(verify_features(vv, 1024))
+    np.testing.assert_allclose(pred, _cpu_like_verify(vv, 1024), rtol=0.04)
+    assert pred[1] - pred[0] > 0.01 and abs(pred[3] - pred[1]) < 0.003
+    cv = cv_errors(X, y)
+    assert cv["folds"] == 5 and cv["median_ape"] < 0.02
+
+
+def test_fit_follows_gpu_tile_steps():
+    v = np.arange(0, 130)
+    y = 0.004 * (1 + (v + 1 + 63) // 64)  # steps every 64 tokens (a tile), no context term
+    X = verify_features(v, np.full_like(v, 256))
+    pred = StepPlusLinear().fit(X, y).predict(X)
+    assert np.max(np.abs(pred - y) / y) < 1e-6
+
+
+def test_outliers_flagged():
+    m = summarize({"size": 1}, [1.0, 1.01, 0.99, 1.0, 5.0])
+    assert m.outliers == 1 and m.median == 1.0 and m.n == 5
+
+
+def test_cost_model_protocol_and_json_round_trip(tmp_path):
+    model = _fake_model()
+    path = model.save(tmp_path / "cost_model.json")
+    again = load_cost_model(path)
+    for d, v, c, k in ((1, 0, 64, 4), (3, 8, 700, 4), (8, 60, 2048, 10)):
+        assert again.predict_cycle(d, v, c, k) == pytest.approx(model.predict_cycle(d, v, c, k), rel=1e-12)
+        assert again.predict_cycle(d, v, c, k) == pytest.approx(predict_cycle(again, d, v, c, k))
+    assert model.overhead(3, 8, 4) == pytest.approx(0.0005 + 4 * 1e-4)
+    assert model.without_policy().overhead(3, 8, 4) == pytest.approx(0.0005)
+    raw = json.loads(path.read_text())
+    assert raw["format_version"] == FORMAT_VERSION and raw["fingerprint"]["device"] == "cpu: test"
+    assert raw["components"]["verify"]["cv"]["median_ape"] is not None
+    assert not list(tmp_path.glob(".*tmp"))  # written atomically: no temp file left behind
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "corrupted cost model"),
+    ('{"kind": "something-else"}', "not an LTD cost model"),
+    ('[1, 2]', "not an LTD cost model"),
+])
+def test_corrupted_file_fails_clearly(tmp_path, content, message):
+    path = tmp_path / "cost_model.json"
+    path.write_text(content)
+    with pytest.raises(LTDError, match=message) as info:
+        load_cost_model(path)
+    assert "\n" not in str(info.value)
+
+
+def test_truncated_and_malformed_fail_clearly(tmp_path):
+    path = _fake_model().save(tmp_path / "cost_model.json")
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])
+    with pytest.raises(LTDError, match="corrupted cost model"):
+        load_cost_model(path)
+    raw = json.loads(text)
+    del raw["components"]["verify"]["params"]["y"]
+    path.write_text(json.dumps(raw))
+    with pytest.raises(LTDError, match="corrupted cost model"):
+        load_cost_model(path)
+
+
+def test_version_mismatch_fails_clearly(tmp_path):
+    raw = _fake_model().to_json()
+    raw["format_version"] = FORMAT_VERSION + 1
+    path = tmp_path / "cost_model.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(LTDError, match="format version") as info:
+        load_cost_model(path)
+    assert "\n" not in str(info.value)
+
+
+def test_fingerprint_mismatch_refused_unless_forced(tmp_path):
+    path = _fake_model().save(tmp_path / "cost_model.json")
+    same = {"device": "cpu: test", "dtype": "float32", "target": "t", "draft": "d"}
+    assert load_cost_model(path, expect_fingerprint=same)
+    other = dict(same, device="cuda: NVIDIA H100")
+    with pytest.raises(LTDError, match="profiled elsewhere.*device"):
+        load_cost_model(path, expect_fingerprint=other)
+    assert load_cost_model(path, expect_fingerprint=other, force=True).fingerprint["device"] == "cpu: test"
+
+
+def test_tiny_sweep_on_random_models(tiny_target, tmp_path):
+    import time
+
+    from realrun.drafters import Eagle3Drafter
+    from realrun.eagle3 import random_head
+    from realrun.profile_run import DecoderProbes
+    from profiler import make_fingerprint, profile_device
+
+    head = random_head(tiny_target, draft_vocab_size=128)
+    probes = DecoderProbes(tiny_target, Eagle3Drafter(head, tiny_target.config.vocab_size), 512)
+    fp = make_fingerprint("cpu", "float32", "tiny", "eagle3:tiny", "random-init", 4)
+    t0 = time.perf_counter()
+    model = profile_device(probes, SweepSpec.preset("tiny"), Timer("cpu"), fp, tmp_path, progress=False)
+    assert time.perf_counter() - t0 < 30
+    for name in ("cost_model.json", "measurements.json", "profile.md", "plots/profile.png", "plots/verify.png"):
+        assert (tmp_path / name).is_file(), name
+    loaded = load_cost_model(tmp_path / "cost_model.json", expect_fingerprint=fp)
+    assert loaded.predict_cycle(3, 4, 64, 4) > 0
+    assert loaded.predict_cycle(3, 4, 64, 4) == pytest.approx(model.predict_cycle(3, 4, 64, 4))
+    assert loaded.batch_forward(2, 4) > 0
+    for name in ("draft_step", "verify", "overhead", "batch_forward"):
+        assert loaded.cv_errors()[name]["folds"] > 0, name
+    assert "CV MAPE" in (tmp_path / "profile.md").read_text()
+
+
+def test_target_only_sweep(tiny_target, tmp_path):
+    from realrun.profile_run import DecoderProbes
+    from profiler import make_fingerprint, profile_device
+
+    spec = SweepSpec.preset("tiny")
+    model = profile_device(DecoderProbes(tiny_target, None, 512), spec, Timer("cpu"),
+                           make_fingerprint("cpu", "float32", "tiny", ""), tmp_path, progress=False, plots=False)
+    assert model.verify(4, 64) > 0 and model.draft_step(1, 4, 64) == 0.0
+
+
+def test_cli_profile_registered():
+    from realrun.cli import build_parser
+
+    args = build_parser().parse_args(["profile", "--quick", "--out", "x"])
+    assert args.func.__name__ == "cmd_profile" and args.quick
