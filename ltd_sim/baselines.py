@@ -92,11 +92,11 @@ def evaluate(t: SimTables, policy_schedule: tuple[np.ndarray, np.ndarray] | None
     o_rate, a_rate = orc.tokens_per_s, ar.tokens_per_s
     grid = static_grid(t)
     best_key = max(grid, key=lambda k: grid[k].tokens_per_s)
+    eagle = (min(EAGLE3[0], t.max_depth), EAGLE3[1])  # traces recorded shallower: their deepest
     methods = {
         "oracle": _row(orc, o_rate, a_rate),
         "autoregressive": _row(ar, o_rate, a_rate),
-        "eagle3": _row(grid[EAGLE3], o_rate, a_rate, depth=EAGLE3[0], size=EAGLE3[1])
-        if EAGLE3[0] <= t.max_depth and EAGLE3[1] in t.grid else None,
+        "eagle3": _row(grid[eagle], o_rate, a_rate, depth=eagle[0], size=eagle[1]) if eagle in grid else None,
         "best_static": _row(grid[best_key], o_rate, a_rate, depth=best_key[0], size=best_key[1]),
     }
     for name, fn in (("confidence_stop", confidence_stop), ("entropy_stop", entropy_stop),

@@ -20,6 +20,7 @@ def add_parser(sub) -> None:
     p.add_argument("--top-k", type=int, default=defaults.TOP_K)
     p.add_argument("--depth", type=int, default=defaults.MAX_DEPTH, help="max depth recorded")
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_trace)
@@ -37,7 +38,12 @@ def cmd_trace(args) -> int:
         raise LTDError(f"--limit must be at least 1, got {args.limit}")
     DecodeConfig(max_new_tokens=args.max_new_tokens, top_k=args.top_k, max_depth=args.depth).validate(True)
     prompts = read_prompts(args.prompts, args.limit)
-    set_threads()
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+    else:
+        set_threads()
     pair = load_pair(args.target, args.draft, args.draft_kind, args.device, args.dtype)
     encode = lambda text: encode_prompt(pair.target.tokenizer, text, chat=not args.no_chat)  # noqa: E731
     info = {"target": str(pair.target.path), "draft": str(pair.draft_path), "draft_kind": pair.draft_kind,

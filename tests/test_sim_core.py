@@ -1,0 +1,174 @@
+"""Simulator core on synthetic traces (numpy-made trees): table arithmetic, envs, oracle, trace files."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from ltd_sim import envs  # noqa: F401  (registers the envs)
+from ltd_sim.baselines import EAGLE3, evaluate, transformers_schedule
+from ltd_sim.cost_model import AnalyticCostModel
+from ltd_sim.errors import LTDError
+from ltd_sim.sim import SimTables, oracle, simulate, simulate_tables, static_grid
+from ltd_sim.trace import TraceSequence, load_sequence, load_traces, save_sequence, sequence_path
+from ltd_sim.tree import TreeBuilder, accepted_length_on_trace, accepted_length_table
+
+VOCAB = 12
+
+
+def random_tree(rng, root, k, depth, sharp):
+    b = TreeBuilder(root, k, depth)
+    for _ in range(depth):
+        logits = rng.normal(size=(len(b.beam), VOCAB)) * sharp
+        logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        ids = np.argsort(-logp, axis=1, kind="stable")[:, :k]
+        b.add_step(np.take_along_axis(logp, ids, 1).astype(np.float32), ids)
+    return b.tree()
+
+
+def synthetic_sequence(rng, length=40, k=4, depth=6, prompt_len=7) -> TraceSequence:
+    """A generation whose draft is right about 60% of the time at every node (a Markov toy)."""
+    output = rng.integers(0, VOCAB, size=length)
+    trees = []
+    for p in range(length - 1):
+        tree = random_tree(rng, int(output[p]), k, depth, sharp=float(rng.uniform(0.5, 3)))
+        # plant the continuation on the best child of each step with some probability
+        cont = output[p + 1: p + 1 + depth]
+        for d in range(1, min(depth, len(cont)) + 1):
+            if rng.random() < 0.6:
+                a, b_ = tree.nodes_up_to(d - 1), tree.nodes_up_to(d)
+                best = a + int(np.argmax(tree.scores[a:b_]))
+                siblings = np.flatnonzero(tree.parents[a:b_] == tree.parents[best]) + a
+                if cont[d - 1] not in tree.tokens[siblings]:
+                    tree.tokens[best] = cont[d - 1]
+        trees.append(tree)
+    return TraceSequence.from_trees(trees, output, prompt_len + np.arange(length - 1), k, depth)
+
+
+@pytest.fixture(scope="module")
+def traces():
+    rng = np.random.default_rng(0)
+    return [synthetic_sequence(rng, length=int(rng.integers(20, 50))) for _ in range(6)]
+
+
+@pytest.fixture(scope="module")
+def tables(traces):
+    return SimTables.build(traces, AnalyticCostModel())
+
+
+def test_table_matches_tree_arithmetic(traces):
+    seq = traces[0]
+    sizes = [0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 60, 500]
+    for p in range(seq.num_positions):
+        tree, cont = seq.tree(p), seq.continuation(p)
+        table = accepted_length_table(tree, cont, sizes)
+        for d in range(1, tree.depth + 1):
+            for j, v in enumerate(sizes):
+                assert table[d - 1, j] == accepted_length_on_trace(tree, d, v, cont)
+
+
+def test_env_checker(tables):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for env in (gym.make("ltd/Depth-v0", tables=tables, partner=4),
+                    gym.make("ltd/Size-v0", tables=tables),
+                    gym.make("ltd/Size-v0", tables=tables, partner=np.full(tables.num_positions, 3)),
+                    gym.make("ltd/Depth-v0", tables=tables, partner=np.zeros((tables.num_positions, 6), int),
+                             reward="throughput")):
+            check_env(env.unwrapped, skip_render_check=True)
+
+
+def test_vec_env_episode_is_a_generation(tables):
+    """Random play in the vectorised depth env commits exactly each sequence's tokens, and the
+    'time' reward sums to L - rate * T."""
+    env = envs.SimVecEnv("depth", tables, 5, n=8, seed=1, rate=50.0)
+    env.reset()
+    rng = np.random.default_rng(0)
+    returns, finished = np.zeros(8), []
+    for _ in range(3000):
+        _, r, done, infos = env.step(rng.integers(0, 2, size=8))
+        returns += r
+        for i in np.flatnonzero(done):
+            assert "terminal_observation" in infos[i]
+            finished.append(returns[i])
+            returns[i] = 0
+    assert len(finished) > 20
+    counts = tables.seq_end - tables.seq_start
+    # every return is L - 50 * T for some sequence and T > 0: below the sequence's length
+    assert max(finished) < counts.max()
+
+
+def test_oracle_never_beaten(tables):
+    orc, best_d, best_g = oracle(tables)
+    rng = np.random.default_rng(0)
+    rivals = list(static_grid(tables).values())
+    rivals += [simulate_tables(tables, rng.integers(1, 7, tables.num_positions),
+                               rng.integers(0, 13, (tables.num_positions, 6))) for _ in range(20)]
+    rivals += [transformers_schedule(tables, g) for g in (0, 4, 12)]
+    for r in rivals:
+        assert np.all(r.time >= orc.time - 1e-12)
+        assert r.tokens_per_s <= orc.tokens_per_s + 1e-9
+    # the oracle's own schedule, replayed, reproduces its time
+    replay = simulate(tables, lambda p, s: (best_d[p], best_g[p]))
+    np.testing.assert_allclose(replay.time, orc.time)
+    report = evaluate(tables)
+    for name, row in report["methods"].items():
+        assert row["oracle_ratio"] <= 1 + 1e-9, name
+    eagle = report["methods"]["eagle3"]
+    assert (eagle["depth"], eagle["size"]) == (min(EAGLE3[0], tables.max_depth), EAGLE3[1])
+
+
+def test_trace_roundtrip_and_corruption(traces, tmp_path):
+    path = sequence_path(tmp_path, 0)
+    save_sequence(path, traces[0])
+    back = load_sequence(path)
+    for name in ("tokens", "parents", "scores", "steps", "offsets", "output", "context_lens"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(traces[0], name))
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])  # truncated
+    with pytest.raises(LTDError, match="corrupted trace file"):
+        load_traces(tmp_path)
+    path.write_bytes(b"not a zip at all")
+    with pytest.raises(LTDError, match="corrupted trace file"):
+        load_sequence(path)
+    # a foreign version
+    import io
+
+    buf = io.BytesIO(raw)
+    with np.load(buf) as data:
+        arrays = {k: data[k] for k in data.files}
+    header = json.loads(bytes(arrays.pop("header")).decode())
+    header["version"] = 99
+    out = io.BytesIO()
+    np.savez(out, header=np.frombuffer(json.dumps(header).encode(), np.uint8), **arrays)
+    path.write_bytes(out.getvalue())
+    with pytest.raises(LTDError, match="format version 99"):
+        load_sequence(path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LTDError, match="no trace files"):
+        load_traces(tmp_path / "empty")
+
+
+def test_sim_eval_cli(traces, tmp_path, capsys):
+    from realrun.cli import main
+
+    for i, seq in enumerate(traces):
+        save_sequence(sequence_path(tmp_path / "tr", i), seq)
+    (tmp_path / "cost.json").write_text(json.dumps(AnalyticCostModel().to_json()))
+    assert main(["sim", "eval", "--cost", str(tmp_path / "cost.json"), "--traces", str(tmp_path / "tr"),
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    methods = report["methods"]
+    for name in ("oracle", "eagle3", "best_static", "confidence_stop", "entropy_stop", "transformers_heuristic"):
+        assert set(methods[name]) >= {"tokens_per_s", "tau", "oracle_ratio"}
+    assert "depth" in methods["best_static"] and "size" in methods["best_static"]
+    assert methods["oracle"]["oracle_ratio"] == 1.0
+    (tmp_path / "tr" / "seq_00002.npz").write_bytes(b"garbage")
+    assert main(["sim", "eval", "--cost", str(tmp_path / "cost.json"), "--traces", str(tmp_path / "tr")]) == 2
+    err = capsys.readouterr().err
+    assert "corrupted trace file" in err and len(err.strip().splitlines()) == 1
