@@ -115,7 +115,7 @@ class SizeCore(_Core):
     def _draw(self, ids) -> None:
         p = self.pos[ids]
         if self.depth_at is None:  # stage 1: a uniformly random depth per cycle
-            self.depth[ids] = self.rng.integers(1, self.t.dmax[p].astype(np.int64) + 1)
+            self.depth[ids] = (self.rng.random(len(p)) * self.t.dmax[p]).astype(np.int64) + 1
         else:
             self.depth[ids] = np.clip(self.depth_at[p], 1, self.t.dmax[p])
 
@@ -124,10 +124,8 @@ class SizeCore(_Core):
         self._draw(ids)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ids = np.arange(self.n)
-        reward, done = self._commit(ids, np.asarray(actions, np.int64))
-        live = ids[~done]
-        self._draw(live)
+        reward, done = self._commit(slice(None), np.asarray(actions, np.int64))
+        self._draw(~done)  # finished copies are reset (and drawn) by the caller
         return reward, done
 
 

@@ -15,40 +15,9 @@ from ltd_sim.baselines import EAGLE3, evaluate, transformers_schedule
 from ltd_sim.cost_model import AnalyticCostModel
 from ltd_sim.errors import LTDError
 from ltd_sim.sim import SimTables, oracle, simulate, simulate_tables, static_grid
-from ltd_sim.trace import TraceSequence, load_sequence, load_traces, save_sequence, sequence_path
-from ltd_sim.tree import TreeBuilder, accepted_length_on_trace, accepted_length_table
-
-VOCAB = 12
-
-
-def random_tree(rng, root, k, depth, sharp):
-    b = TreeBuilder(root, k, depth)
-    for _ in range(depth):
-        logits = rng.normal(size=(len(b.beam), VOCAB)) * sharp
-        logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
-        ids = np.argsort(-logp, axis=1, kind="stable")[:, :k]
-        b.add_step(np.take_along_axis(logp, ids, 1).astype(np.float32), ids)
-    return b.tree()
-
-
-def synthetic_sequence(rng, length=40, k=4, depth=6, prompt_len=7) -> TraceSequence:
-    """A generation whose draft is right about 60% of the time at every node (a Markov toy)."""
-    output = rng.integers(0, VOCAB, size=length)
-    trees = []
-    for p in range(length - 1):
-        tree = random_tree(rng, int(output[p]), k, depth, sharp=float(rng.uniform(0.5, 3)))
-        # plant the continuation on the best child of each step with some probability
-        cont = output[p + 1: p + 1 + depth]
-        for d in range(1, min(depth, len(cont)) + 1):
-            if rng.random() < 0.6:
-                a, b_ = tree.nodes_up_to(d - 1), tree.nodes_up_to(d)
-                best = a + int(np.argmax(tree.scores[a:b_]))
-                siblings = np.flatnonzero(tree.parents[a:b_] == tree.parents[best]) + a
-                if cont[d - 1] not in tree.tokens[siblings]:
-                    tree.tokens[best] = cont[d - 1]
-        trees.append(tree)
-    return TraceSequence.from_trees(trees, output, prompt_len + np.arange(length - 1), k, depth)
-
+from ltd_sim.trace import load_sequence, load_traces, save_sequence, sequence_path
+from ltd_sim.synthetic import synthetic_sequence
+from ltd_sim.tree import accepted_length_on_trace, accepted_length_table
 
 @pytest.fixture(scope="module")
 def traces():

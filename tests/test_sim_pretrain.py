@@ -17,17 +17,9 @@ from realrun.cli import main
 from realrun.decoder import DecodeConfig, generate
 from realrun.drafters import LMDrafter
 from realrun.trace_record import record_sequence
+from test_trace_replay import one_thread  # noqa: F401  (autouse: one torch thread)
 
 TOP_K, MAX_DEPTH, NEW = 3, 4, 14
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread on a shared, loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def prompt(i):
