@@ -15,8 +15,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from ltd_sim import atomic
 from ltd_sim.errors import LTDError
 from ltd_sim.policy import decision_tables, depth_table, save_policies, size_table
@@ -33,10 +31,10 @@ class PretrainConfig:
     n_epochs: int = 4
     learning_rate: float = 3e-4
     gamma_depth: float = 0.99  # a depth episode step is a draft step: the reward comes at STOP
-    gamma_size: float = 0.9  # a size step is a whole cycle
+    gamma_size: float = 0.5  # a size step is a whole cycle; the "time" reward makes it near-myopic
     gae_lambda: float = 0.95
     clip_range: float = 0.2
-    ent_coef: float = 0.01
+    ent_coef: float = 0.0
     net_arch: tuple = (64, 64)
     reward: str = "time"  # see ltd_sim.envs
     stage1_steps: int = 100_000  # env steps for each policy in stage 1
@@ -168,8 +166,3 @@ def pretrain(train: SimTables, val: SimTables, out_dir: str | Path, cfg: Pretrai
     return PretrainResult(out, state["best"]["phase"], state["best"]["val_tokens_per_s"], val_static,
                           state["seconds"], state.get("phases", []))
 
-
-def split_tables(tables: SimTables, splits: list[str]) -> dict[str, SimTables]:
-    """Tables per split name, from the split label of every sequence."""
-    labels = np.asarray(splits)
-    return {name: tables.subset(np.flatnonzero(labels == name)) for name in sorted(set(splits))}

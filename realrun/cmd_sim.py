@@ -46,6 +46,18 @@ def add_parser(sub) -> None:
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_sim_eval)
 
+    v = s.add_parser("serve", help="simpy serving simulation: goodput and latency vs load")
+    v.add_argument("--cost", required=True)
+    v.add_argument("--traces", required=True)
+    v.add_argument("--policy", default=None)
+    v.add_argument("--split", default="all", choices=["all", "train", "val", "test"])
+    v.add_argument("--rates", default="1,2,4,8,16", help="arrival rates, requests/s, comma-separated")
+    v.add_argument("--requests", type=int, default=64)
+    v.add_argument("--max-batch", type=int, default=16)
+    v.add_argument("--plot", default=None, help="PNG path")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_sim_serve)
+
 
 def cmd_sim_eval(args) -> int:
     from ltd_sim.baselines import evaluate
@@ -67,4 +79,41 @@ def cmd_sim_eval(args) -> int:
         params = {k: v for k, v in row.items() if k not in ("tokens_per_s", "tau", "oracle_ratio", "speedup_vs_ar")}
         print(f"{name:24s} {row['tokens_per_s']:9.2f} {row['tau']:6.2f} {row['oracle_ratio']:7.3f} "
               f"{row['speedup_vs_ar']:6.3f}  {params if params else ''}")
+    return 0
+
+
+def cmd_sim_serve(args) -> int:
+    from ltd_sim.baselines import EAGLE3
+    from ltd_sim.policy import PolicyController, decision_tables
+    from ltd_sim.serving import Schedule, plot, sweep
+    from ltd_sim.sim import static_grid
+
+    try:
+        rates = [float(r) for r in args.rates.split(",")]
+    except ValueError:
+        raise LTDError(f"--rates must be numbers separated by commas, got {args.rates!r}") from None
+    if not rates or min(rates) <= 0 or args.requests < 1 or args.max_batch < 1:
+        raise LTDError("--rates must be positive, --requests and --max-batch at least 1")
+    controller = PolicyController(args.policy) if args.policy else None
+    cost = load_cost(args.cost)
+    from ltd_sim.sim import SimTables
+    from ltd_sim.trace import load_traces
+
+    tables = SimTables.build(load_traces(args.traces, args.split), cost)
+    grid = static_grid(tables)
+    best = max(grid, key=lambda k: grid[k].tokens_per_s)
+    schedules = [Schedule.static(tables, 1, 0, "no speculation (1,0)"),
+                 Schedule.static(tables, *best, f"best static {best}"),
+                 Schedule.static(tables, min(EAGLE3[0], tables.max_depth), EAGLE3[1], "eagle3")]
+    if controller is not None:
+        schedules.append(Schedule("ltd", *decision_tables(tables, controller.depth_model, controller.size_model)))
+    rows = sweep(tables, cost, schedules, rates, n_requests=args.requests, max_batch=args.max_batch)
+    if args.plot:
+        plot(rows, args.plot)
+    if args.json:
+        print(json.dumps({"rows": rows, "plot": args.plot}))
+    else:
+        for r in rows:
+            print(f"{r['schedule']:24s} rate {r['rate']:6.2f}  goodput {r['goodput_tokens_per_s']:8.2f} tok/s  "
+                  f"p50 {r['latency_p50']:7.2f}s  p90 {r['latency_p90']:7.2f}s  p99 {r['latency_p99']:7.2f}s")
     return 0

@@ -141,3 +141,18 @@ def test_sim_eval_cli(traces, tmp_path, capsys):
     assert main(["sim", "eval", "--cost", str(tmp_path / "cost.json"), "--traces", str(tmp_path / "tr")]) == 2
     err = capsys.readouterr().err
     assert "corrupted trace file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_serving_simulation(tables, tmp_path):
+    from ltd_sim.serving import Schedule, plot, sweep
+
+    cost = AnalyticCostModel()
+    schedules = [Schedule.static(tables, 1, 0), Schedule.static(tables, 6, 60)]
+    rows = sweep(tables, cost, schedules, [1.0, 20.0], n_requests=12, max_batch=4)
+    assert len(rows) == 4
+    for r in rows:
+        assert r["goodput_tokens_per_s"] > 0 and r["latency_p50"] <= r["latency_p90"] <= r["latency_p99"]
+    by = {(r["schedule"], r["rate"]): r for r in rows}
+    assert by[("static(1,0)", 20.0)]["latency_p90"] > by[("static(1,0)", 1.0)]["latency_p90"]  # load queues
+    plot(rows, tmp_path / "serve.png")
+    assert (tmp_path / "serve.png").read_bytes()[:4] == b"\x89PNG"
