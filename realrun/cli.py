@@ -13,6 +13,7 @@ from ltd_sim.errors import LTDError
 # module path -> it defines add_parser(subparsers) which sets `func` on its parser
 SUBCOMMANDS = [
     "realrun.cli",  # generate, models (below)
+    "realrun.cmd_draft",
     "realrun.cmd_profile",
     "realrun.cmd_trace",  # trace
     "realrun.cmd_sim",  # sim eval

@@ -1,0 +1,44 @@
+"""`ltd draft build`: train an EAGLE-3 draft head for a local target (realrun.draft_build)."""
+
+from __future__ import annotations
+
+import json
+
+from ltd_sim.errors import LTDError
+
+
+def add_parser(sub) -> None:
+    d = sub.add_parser("draft", help="draft heads: build (train) an EAGLE-3 head for a target")
+    dsub = d.add_subparsers(dest="draft_command", required=True)
+    b = dsub.add_parser("build", help="train an EAGLE-3 head offline, in a bounded time, and cache it")
+    b.add_argument("--target", default=None, help="local Hugging Face model dir (default: SmolLM2-135M-Instruct)")
+    b.add_argument("--out", default=None, help="where to save the head (default: the cache, where "
+                   "`ltd generate --draft default` finds it, for the default target)")
+    b.add_argument("--minutes", type=float, default=30.0, help="budget of the whole build (data and training)")
+    b.add_argument("--resume", action="store_true", help="continue an interrupted build from its work folder")
+    b.add_argument("--work", default=None, help="work folder (default: beside --out)")
+    b.add_argument("--draft-vocab", type=int, default=8192, help="reduced draft vocabulary size")
+    b.add_argument("--ttt-steps", type=int, default=None, help="unrolled training steps (default: the tree depth)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    b.add_argument("--json", action="store_true", help="print the build report as JSON")
+    b.set_defaults(func=cmd_draft_build)
+
+
+def cmd_draft_build(args) -> int:
+    from ltd_sim import defaults
+    from realrun.draft_build import BuildConfig, TrainConfig, build
+
+    if args.minutes <= 0:
+        raise LTDError(f"--minutes must be positive, got {args.minutes}")
+    if args.draft_vocab < 16:
+        raise LTDError(f"--draft-vocab must be at least 16, got {args.draft_vocab}")
+    steps = args.ttt_steps if args.ttt_steps is not None else defaults.MAX_DEPTH
+    if not 1 <= steps <= 16:
+        raise LTDError(f"--ttt-steps must be in 1..16, got {steps}")
+    cfg = BuildConfig(minutes=args.minutes, draft_vocab=args.draft_vocab, seed=args.seed,
+                      train=TrainConfig(ttt_steps=steps, seed=args.seed))
+    report = build(args.target, args.out, cfg, resume=args.resume, work=args.work, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(report))
+    return 0
