@@ -18,7 +18,7 @@ from typing import Protocol
 import torch
 
 from ltd_sim import defaults
-from profiler.timing import Measurement, Probe, Timer, repeat, summarize, time_callable
+from profiler.timing import Measurement, Probe, Timer, repeat_interleaved, summarize, time_callable
 
 
 class PhaseProbes(Protocol):
@@ -70,7 +70,7 @@ class SweepSpec:
         if name == "quick":
             return cls("quick", (64, 512, 1024), (4, defaults.TOP_K),
                        defaults.MAX_DEPTH, tuple(sorted(set(grid) | {5, 10, 20, 40})),
-                       (1, 4, defaults.MAX_DEPTH), (0, 8, vmax), 256,
+                       (1, defaults.MAX_DEPTH), (0, vmax), 256,
                        (1, 4, 16), (1, 4, 16), 128, warmup=1, repeats=4)
         if name == "full":
             return cls("full", (64, 128, 256, 512, 1024, 2048), (2, 4, 6, 8, defaults.TOP_K, 16),
@@ -89,7 +89,7 @@ class SweepSpec:
     def count(self, has_drafter: bool) -> int:
         n = len(self.context_lens) * len(self.sizes) + len(self.batch_sizes) * len(self.batch_tokens) + 1
         if has_drafter:
-            n += len(self.context_lens) * len(self.top_ks)
+            n += len(self.context_lens) * len(self.top_ks)  # one point per draft_tree call
             n += len(self.overhead_depths) * len(self.overhead_sizes) * len(self.top_ks)
         return n
 
@@ -148,43 +148,42 @@ def run_sweeps(probes: PhaseProbes, spec: SweepSpec, timer: Timer, progress: boo
                                  "batch_forward": []}
     t0 = time.perf_counter()
     bar = _progress(spec.count(probes.has_drafter), progress, f"profile ({spec.name})")
+    def group(name, keys, probes, split_steps=False):
+        reps = repeat_interleaved(probes, timer, spec.warmup, spec.repeats, seed=len(comps[name]))
+        for key, rs in zip(keys, reps):
+            if split_steps:  # one draft_tree call: one duration per step
+                for s in range(1, len(rs[0]) + 1):
+                    comps[name].append(summarize(dict(key, step=s), [r[s - 1] for r in rs]))
+            else:
+                comps[name].append(summarize(key, [r[0] for r in rs]))
+        bar.update(len(keys))
+
     try:
         for ctx in spec.context_lens:
+            bar.set_postfix_str(f"prepare ctx={ctx}")
             probes.prepare(ctx)
             if probes.has_drafter:
-                for k in spec.top_ks:
-                    bar.set_postfix_str(f"draft ctx={ctx} k={k}")
-                    reps = repeat(probes.draft(k, spec.max_depth), timer, spec.warmup, spec.repeats)
-                    for s in range(1, spec.max_depth + 1):
-                        comps["draft_step"].append(summarize({"step": s, "top_k": k, "context_len": ctx},
-                                                             [r[s - 1] for r in reps]))
-                    bar.update()
-            for v in spec.sizes:
-                bar.set_postfix_str(f"verify ctx={ctx} V={v}")
-                reps = repeat(probes.verify(v), timer, spec.warmup, spec.repeats)
-                comps["verify"].append(summarize({"size": v, "context_len": ctx}, [r[0] for r in reps]))
-                bar.update()
+                bar.set_postfix_str(f"draft ctx={ctx}")
+                group("draft_step", [{"top_k": k, "context_len": ctx} for k in spec.top_ks],
+                      [probes.draft(k, spec.max_depth) for k in spec.top_ks], split_steps=True)
+            bar.set_postfix_str(f"verify ctx={ctx}")
+            group("verify", [{"size": v, "context_len": ctx} for v in spec.sizes],
+                  [probes.verify(v) for v in spec.sizes])
         if probes.has_drafter:
-            probes.prepare(spec.overhead_context)
-            for k in spec.top_ks:
-                for d in spec.overhead_depths:
-                    for v in spec.overhead_sizes:
-                        bar.set_postfix_str(f"overhead D={d} V={v} k={k}")
-                        reps = repeat(probes.overhead(d, v, k), timer, spec.warmup, spec.repeats)
-                        comps["overhead"].append(summarize({"depth": d, "size": v, "top_k": k,
-                                                            "context_len": spec.overhead_context},
-                                                           [r[0] for r in reps]))
-                        bar.update()
+            ctx = spec.overhead_context
+            bar.set_postfix_str(f"overhead ctx={ctx}")
+            probes.prepare(ctx)
+            combos = [(d, v, k) for k in spec.top_ks for d in spec.overhead_depths for v in spec.overhead_sizes]
+            group("overhead", [{"depth": d, "size": v, "top_k": k, "context_len": ctx} for d, v, k in combos],
+                  [probes.overhead(d, v, k) for d, v, k in combos])
+        bar.set_postfix_str("policy")
         comps["policy"].append(time_policy(timer, spec.policy_obs_dim))
         bar.update()
         for b in spec.batch_sizes:
-            for t in spec.batch_tokens:
-                bar.set_postfix_str(f"batch B={b} T={t}")
-                reps = repeat(probes.batch_forward(b, t, spec.batch_context), timer, spec.warmup, spec.repeats)
-                comps["batch_forward"].append(summarize({"batch": b, "tokens": t,
-                                                         "context_len": spec.batch_context},
-                                                        [r[0] for r in reps]))
-                bar.update()
+            bar.set_postfix_str(f"batch B={b}")
+            group("batch_forward", [{"batch": b, "tokens": t, "context_len": spec.batch_context}
+                                    for t in spec.batch_tokens],
+                  [probes.batch_forward(b, t, spec.batch_context) for t in spec.batch_tokens])
     finally:
         bar.close()
     result.wall_s = time.perf_counter() - t0

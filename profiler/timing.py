@@ -91,6 +91,22 @@ def repeat(probe: Probe, timer: Timer, warmup: int, repeats: int) -> list[list[f
     return [list(probe(timer)) for _ in range(repeats)]
 
 
+def repeat_interleaved(probes: list[Probe], timer: Timer, warmup: int, repeats: int,
+                       seed: int = 0) -> list[list[list[float]]]:
+    """Like `repeat` for several probes at once, in a fresh random order every round, so that a burst
+    of load from other processes spreads over all points instead of spoiling one of them."""
+    rng = np.random.default_rng(seed)
+    for probe in probes:
+        for _ in range(warmup):
+            probe(timer)
+    timer.sync()
+    out: list[list[list[float]]] = [[] for _ in probes]
+    for _ in range(repeats):
+        for i in rng.permutation(len(probes)):
+            out[i].append(list(probes[i](timer)))
+    return out
+
+
 def time_callable(fn: Callable[[], object], timer: Timer, warmup: int = 3, repeats: int = 10,
                   key: dict | None = None) -> Measurement:
     """Time a plain callable end to end (the harness puts the marks around it)."""
