@@ -25,7 +25,7 @@ from ltd_sim.control import StaticDepth, StaticSize
 from realrun.decoder import DecodeConfig, generate
 from realrun.drafters import LMDrafter
 from realrun.loading import set_threads
-from realrun.models import encode_prompt, load_causal_lm, resolve_target
+from realrun.models import encode_prompt, layer_skip_draft, load_causal_lm, resolve_target
 
 PROMPTS = [
     "Write a Python function that checks whether a string is a palindrome.",
@@ -33,16 +33,6 @@ PROMPTS = [
     "List five tips for writing clear technical documentation.",
     "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
 ]
-
-
-def layer_skip_draft(target: torch.nn.Module, layers: int) -> torch.nn.Module:
-    """The target's embedding, first `layers` decoder layers, final norm and LM head."""
-    import copy
-
-    draft = copy.deepcopy(target)
-    draft.model.layers = draft.model.layers[:layers]
-    draft.config.num_hidden_layers = layers
-    return draft.eval()
 
 
 def hf_generate(model, ids, n, assistant=None):

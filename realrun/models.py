@@ -182,3 +182,18 @@ def encode_prompt(tokenizer, prompt: str, chat: bool = True) -> list[int]:
             ids = ids["input_ids"]
         return [int(t) for t in ids]
     return [int(t) for t in tokenizer(prompt)["input_ids"]]
+
+
+def layer_skip_draft(target: torch.nn.Module, layers: int | None = None) -> torch.nn.Module:
+    """An `lm` draft from the target itself: its embedding, first `layers` decoder layers (default a
+    quarter of them), final norm and LM head. Shares the target's vocabulary by construction."""
+    import copy
+
+    total = len(target.model.layers)
+    layers = max(1, total // 4) if layers is None else int(layers)
+    if not 1 <= layers <= total:
+        raise LTDError(f"a layer-skip draft takes 1..{total} of the target's layers, got {layers}")
+    draft = copy.deepcopy(target)
+    draft.model.layers = draft.model.layers[:layers]
+    draft.config.num_hidden_layers = layers
+    return draft.eval()
