@@ -59,17 +59,22 @@ def add_parser(sub) -> None:
     v.set_defaults(func=cmd_sim_serve)
 
 
-def cmd_sim_eval(args) -> int:
+def run_sim_eval(traces: str, cost: str, split: str = "all", policy: str | None = None) -> dict:
+    """Every baseline, the oracle and (with `policy`) the LTD policies on one split of the traces."""
     from ltd_sim.baselines import evaluate
     from ltd_sim.policy import PolicyController, decision_tables
 
-    controller = PolicyController(args.policy) if args.policy else None  # fail before the work
-    tables = load_tables(args.traces, args.cost, args.split)
+    controller = PolicyController(policy) if policy else None  # fail before the work
+    tables = load_tables(traces, cost, split)
     schedule = None
     if controller is not None:
         controller.check_compatible(tables.top_k, tables.max_depth)
         schedule = decision_tables(tables, controller.depth_model, controller.size_model)
-    report = evaluate(tables, schedule)
+    return evaluate(tables, schedule)
+
+
+def cmd_sim_eval(args) -> int:
+    report = run_sim_eval(args.traces, args.cost, args.split, args.policy)
     if args.json:
         print(json.dumps(report))
         return 0
