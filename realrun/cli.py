@@ -18,6 +18,7 @@ SUBCOMMANDS = [
     "realrun.cmd_trace",  # trace
     "realrun.cmd_sim",  # sim eval
     "realrun.cmd_pretrain",  # pretrain
+    "realrun.cmd_bench",  # bench
 ]
 
 

@@ -1,0 +1,140 @@
+"""`ltd bench` on tiny random models: the JSON contract, lossless flags, report files, the grid sweep,
+an LTD policy saved by ltd_sim, and clear errors for bad options."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ltd_sim.errors import LTDError
+from realrun.bench import Question, check_equal, grid_from_file, run_bench
+from realrun.cli import main
+from realrun.drafters import LMDrafter
+from realrun.loading import ModelPair
+from realrun.models import LoadedModel
+from test_trace_replay import one_thread  # noqa: F401  (autouse: one torch thread)
+
+NEW = 12
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_target, tiny_draft):
+    return ModelPair(LoadedModel(tiny_target, None, Path("tiny-llama")), LMDrafter(tiny_draft, 256), None, "lm",
+                     set(), 512)
+
+
+def questions():
+    gen = torch.Generator().manual_seed(7)
+    return [Question(f"q{i}", "code" if i % 2 else "chat", torch.randint(0, 256, (8,), generator=gen).tolist())
+            for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory):
+    """Depth and size policies saved by ltd_sim on synthetic traces (a few PPO updates: quick, not good)."""
+    from stable_baselines3 import PPO
+
+    from ltd_sim.cost_model import AnalyticCostModel
+    from ltd_sim.envs import DepthEnv, SizeEnv
+    from ltd_sim.policy import save_policies
+    from ltd_sim.sim import SimTables
+    from ltd_sim.synthetic import synthetic_sequence
+
+    rng = np.random.default_rng(0)
+    tables = SimTables.build([synthetic_sequence(rng, k=3, depth=4) for _ in range(2)], AnalyticCostModel())
+    models = []
+    for env in (DepthEnv(tables, partner=3), SizeEnv(tables)):
+        m = PPO("MlpPolicy", env, n_steps=64, batch_size=64, n_epochs=1, seed=0, device="cpu", verbose=0)
+        models.append(m.learn(64))
+    return save_policies(tmp_path_factory.mktemp("policy") / "policies", *models, tables.spec)
+
+
+def test_bench_contract_and_files(pair, tiny_draft, policy_dir, tmp_path):
+    out = tmp_path / "bench"
+    rep = run_bench(pair, questions(), "ar,eagle3,grid,ltd,hf-assisted", policy_dir=policy_dir,
+                    grid_setting=(2, 3), max_new_tokens=NEW, repeats=1, warmups=1, out_dir=out,
+                    hf_draft=tiny_draft, hf_tokens=3, progress=False)
+    methods = rep["methods"]
+    assert list(methods) == ["ar", "eagle3", "grid", "ltd", "hf-assisted"]
+    for name, m in methods.items():
+        assert {"tokens_per_s", "speedup", "tau", "lossless"} <= m.keys()
+        assert m["tokens_per_s"] > 0 and m["lossless"] and m["exact_match"], (name, m["mismatches"])
+        assert m["tokens"] == 2 * NEW
+    assert methods["ar"]["speedup"] == 1.0 and methods["ar"]["tau"] == 1.0
+    assert methods["grid"]["settings"] == {"top_k": 10, "depth": 2, "size": 3}
+    assert methods["eagle3"]["settings"] == {"top_k": 10, "depth": 8, "size": 60}
+    assert methods["ltd"]["settings"]["top_k"] == 3 and methods["ltd"]["policy_calls"] > 0
+    assert 0 < methods["ltd"]["policy_overhead"] < 1
+    acc = methods["eagle3"]["acceptance_by_position"]
+    assert len(acc) == 8 and all(a >= b for a, b in zip(acc, acc[1:]))  # P(accepted >= j) falls with j
+    assert methods["eagle3"]["tau"] == pytest.approx(1 + sum(acc))
+    assert methods["hf-assisted"]["tau"] >= 1
+    assert set(rep["categories"]) == {"chat", "code"}
+    assert rep["categories"]["chat"]["methods"]["ar"]["speedup"] == 1.0
+    assert rep["device"]["device"].startswith("cpu") and rep["device"]["target"] == "tiny-llama"
+    assert rep["grid"]["source"] == "given"
+    for f in ("report.md", "report.json", "plots/tokens_per_s.png", "plots/acceptance.png",
+              "plots/tau_by_category.png"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    assert (out / "plots" / "acceptance.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["methods"]["grid"]["speedup"] == pytest.approx(methods["grid"]["speedup"])
+    assert "| eagle3 |" in (out / "report.md").read_text()
+    assert not [p for p in out.rglob(".tmp-*")]
+    # the grid setting of a report can be reused by --grid-from
+    assert grid_from_file(out / "report.json") == (2, 3)
+
+
+def test_grid_sweep_picks_a_measured_setting(pair):
+    rep = run_bench(pair, questions()[:1], ["ar", "grid"], max_new_tokens=6, repeats=1, warmups=0,
+                    grid_candidates=[(1, 1), (2, 2)], sweep_questions=1, sweep_tokens=6, progress=False)
+    g = rep["grid"]
+    assert g["source"] == "measured sweep" and g["sweep"]
+    best = max((r for r in g["sweep"] if "tokens_per_s" in r), key=lambda r: r["tokens_per_s"])
+    assert (g["depth"], g["size"]) == (best["depth"], best["size"])
+    assert rep["methods"]["grid"]["lossless"]
+
+
+def test_equality_check_measures_mismatches(tiny_target):
+    prompt = [1, 2, 3, 4]
+    ref = [5, 6, 7]
+    assert check_equal(tiny_target, prompt, ref, list(ref)) is None
+    logits = tiny_target(input_ids=torch.tensor([prompt])).logits[0, -1]
+    top = logits.topk(2).indices.tolist()
+    wrong = int(logits.argmin())
+    info = check_equal(tiny_target, prompt, [top[0], 9], [wrong, 9])
+    assert info["position"] == 0 and not info["near_tie"] and info["gap"] > 0
+    assert check_equal(tiny_target, prompt, ref, ref[:2])["reason"] == "length differs"
+
+
+def test_bad_options_fail_clearly(pair, tmp_path, capsys):
+    with pytest.raises(LTDError, match="unknown method"):
+        run_bench(pair, questions(), "ar,medusa")
+    with pytest.raises(LTDError, match="--policy"):
+        run_bench(pair, questions(), "ar,ltd")
+    with pytest.raises(LTDError, match="--grid"):
+        run_bench(pair, questions(), "ar,grid", grid_setting="8")
+    nodraft = ModelPair(pair.target, None, None, None, set(), 512)
+    with pytest.raises(LTDError, match="need a drafter"):
+        run_bench(nodraft, questions(), "ar,eagle3")
+    with pytest.raises(LTDError, match="no tokenizer"):
+        run_bench(pair, ["some text"], "ar")
+    bad_json = tmp_path / "g.json"
+    bad_json.write_text('{"x": 1}')
+    for argv, msg in ((["--methods", "ar,nope"], "unknown method"),
+                      (["--methods", "ar,ltd"], "--policy"),
+                      (["--grid", "3"], "--grid"),
+                      (["--grid-from", str(bad_json)], "no static setting"),
+                      (["--questions", str(tmp_path / "missing.jsonl")], "cannot read --questions"),
+                      (["--methods", "ar,ltd-sim", "--sim-policy", str(tmp_path)], "no policy")):
+        capsys.readouterr()
+        assert main(["bench", *argv]) == 2
+        assert msg in capsys.readouterr().err
+    q = tmp_path / "q.jsonl"
+    q.write_text('{"question_id": 1, "category": "x"}\n')
+    assert main(["bench", "--questions", str(q)]) == 2
+    assert "not a Spec-Bench question" in capsys.readouterr().err
