@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -116,21 +117,79 @@ def load_policies(policy_dir: str | os.PathLike):
     return models[0], models[1], spec, info
 
 
-class PolicyController:
-    """Depth and size control by saved LTD policies, for the real decoder (and anything else)."""
+class NumpyActor:
+    """The deterministic action of an SB3 MlpPolicy actor, in numpy (Linear + Tanh/ReLU layers, argmax).
 
-    def __init__(self, policy_dir: str | os.PathLike):
-        self.depth_model, self.size_model, self.spec, self.info = load_policies(policy_dir)
+    SB3's `predict` spends most of a millisecond per single observation on tensor conversion and
+    checks; this forward takes microseconds, which is what keeps policy inference a negligible
+    share of a decoding cycle. `NumpyActor.from_model` returns None for an architecture it does
+    not know (callers then use SB3's `predict`)."""
+
+    ACTIVATIONS = {"Tanh": np.tanh, "ReLU": lambda x: np.maximum(x, 0)}
+
+    def __init__(self, layers: list, activations: list):
+        self.layers, self.activations = layers, activations
+
+    @classmethod
+    def from_model(cls, model) -> "NumpyActor | None":
+        import torch
+
+        policy = model.policy
+        if type(getattr(policy, "features_extractor", None)).__name__ != "FlattenExtractor":
+            return None
+        layers, acts = [], []
+        for mod in list(policy.mlp_extractor.policy_net) + [policy.action_net]:
+            if isinstance(mod, torch.nn.Linear):
+                layers.append((mod.weight.detach().cpu().numpy().T.astype(np.float32).copy(),
+                               mod.bias.detach().cpu().numpy().astype(np.float32).copy()))
+                acts.append(None)
+            elif type(mod).__name__ in cls.ACTIVATIONS and acts and acts[-1] is None:
+                acts[-1] = cls.ACTIVATIONS[type(mod).__name__]
+            else:
+                return None
+        return cls(layers, acts)
+
+    def act(self, obs: np.ndarray) -> int:
+        x = np.asarray(obs, np.float32).reshape(-1)
+        for (w, b), f in zip(self.layers, self.activations):
+            x = x @ w + b
+            if f is not None:
+                x = f(x)
+        return int(np.argmax(x))
+
+
+class PolicyController:
+    """Depth and size control by saved LTD policies, for the real decoder (and anything else).
+
+    `seconds` and `calls` add up the time spent in (and the number of) controller calls, features
+    included: the policy inference cost that `ltd generate` and `ltd bench` report."""
+
+    def __init__(self, policy_dir: str | os.PathLike | None = None, *, models=None):
+        if models is not None:  # (depth model, size model, FeatureSpec[, info]) already in memory
+            self.depth_model, self.size_model, self.spec = models[:3]
+            self.info = models[3] if len(models) > 3 else {}
+        else:
+            self.depth_model, self.size_model, self.spec, self.info = load_policies(policy_dir)
+        self._depth_fast = NumpyActor.from_model(self.depth_model)
+        self._size_fast = NumpyActor.from_model(self.size_model)
+        self.seconds = 0.0
+        self.calls = 0
 
     def check_compatible(self, top_k: int, max_depth: int) -> None:
         if (top_k, max_depth) != (self.spec.top_k, self.spec.max_depth):
             raise LTDError(f"the policies were trained for top-k {self.spec.top_k}, max depth "
                            f"{self.spec.max_depth}; this decoder uses {top_k}, {max_depth}")
 
+    def _act(self, model, fast, tree: DraftTree, context_len: int) -> int:
+        t0 = time.perf_counter()
+        obs = observe(tree, context_len, self.spec)
+        action = fast.act(obs) if fast is not None else int(predict(model, obs[None])[0])
+        self.seconds += time.perf_counter() - t0
+        self.calls += 1
+        return action
+
     def should_continue(self, tree: DraftTree, context_len: int) -> bool:
-        obs = observe(tree, context_len, self.spec)[None]
-        return int(predict(self.depth_model, obs)[0]) != STOP
+        return self._act(self.depth_model, self._depth_fast, tree, context_len) != STOP
 
     def choose_size(self, tree: DraftTree, context_len: int) -> int:
-        obs = observe(tree, context_len, self.spec)[None]
-        return int(self.spec.size_grid[int(predict(self.size_model, obs)[0])])
+        return int(self.spec.size_grid[self._act(self.size_model, self._size_fast, tree, context_len)])
