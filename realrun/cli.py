@@ -20,6 +20,7 @@ SUBCOMMANDS = [
     "realrun.cmd_pretrain",  # pretrain
     "realrun.cmd_bench",  # bench
     "realrun.cmd_finetune",  # finetune
+    "realrun.cmd_tune",  # tune
 ]
 
 

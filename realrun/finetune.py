@@ -275,6 +275,12 @@ class FinetuneConfig:
             raise LTDError(f"unknown reward {self.reward!r}; choose one of {', '.join(REWARDS)}")
 
 
+def policy_extras(info: dict) -> dict:
+    """A policy spec.json's own entries (training figures, sources), without what save_policies writes."""
+    own = ("format", "version", "features", "depth_actions", "size_grid", "top_k", "max_depth")
+    return {k: v for k, v in info.items() if k not in own}
+
+
 def split_prompts(prompts: list) -> tuple[list, list]:
     """(train, validation) prompts: the trace split rule (`ltd_sim.trace.split_of`: 3 of 5 train,
     1 val, the test fifth left out for benchmarks); under 5 prompts, the last one validates."""
@@ -348,8 +354,7 @@ def run_finetune(pair, policy_dir, out_dir, prompts, steps: int | None = None, m
     phases = cfg.phases()
     budget = {"steps": steps} if steps is not None else {"minutes": minutes}
     per_phase = None if steps is None else math.ceil(steps / len(phases) / cfg.n_steps) * cfg.n_steps
-    base_info = {k: v for k, v in info.items() if k not in ("format", "version", "features", "depth_actions",
-                                                           "size_grid", "top_k", "max_depth")}
+    base_info = policy_extras(info)
 
     def save(path: Path, models: dict, extra: dict) -> None:
         save_policies(path, models["depth"], models["size"], spec, {**base_info, **extra})

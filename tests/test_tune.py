@@ -1,0 +1,118 @@
+"""`ltd tune`: two worker processes share one SQLite study, a PPO study on a journal file, the grid
+study confirmed on the real decoder (grid.json), and bad options failing clearly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ltd_sim.cost_model import AnalyticCostModel
+from ltd_sim.errors import LTDError
+from ltd_sim.policy import PolicyController
+from ltd_sim.synthetic import synthetic_sequence
+from ltd_sim.trace import save_sequence, sequence_path
+from realrun.cli import main
+from realrun.drafters import LMDrafter
+from realrun.loading import ModelPair
+from realrun.models import LoadedModel
+from realrun.tune import GRID_FORMAT, run_tune
+from test_trace_replay import one_thread  # noqa: F401  (autouse: one torch thread)
+
+K, DEPTH = 3, 4
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune")
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        save_sequence(sequence_path(root / "traces", i), synthetic_sequence(rng, length=40, k=K, depth=DEPTH))
+    (root / "cost.json").write_text(json.dumps(AnalyticCostModel().to_json()))
+    return root
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_target, tiny_draft):
+    return ModelPair(LoadedModel(tiny_target, None, Path("tiny")), LMDrafter(tiny_draft, 256), None, "lm",
+                     set(), 512)
+
+
+def prompts():
+    return [torch.randint(0, 256, (8,), generator=torch.Generator().manual_seed(700 + i)).tolist() for i in range(3)]
+
+
+def test_two_workers_share_one_sqlite_study(data, tmp_path):
+    import optuna
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "realrun.cli", "tune", "grid", "--traces", str(data / "traces"),
+           "--cost", str(data / "cost.json"), "--out", str(out), "--trials", "6", "--json"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    workers = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    outs = [w.communicate(timeout=120) for w in workers]
+    for w, (so, se) in zip(workers, outs):
+        assert w.returncode == 0, se
+    study = optuna.load_study(study_name="ltd-grid", storage=f"sqlite:///{out / 'optuna.db'}")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 12
+    assert len({t.user_attrs["worker"] for t in done}) == 2, "trials from both workers"
+    grid = json.loads((out / "grid.json").read_text())
+    assert grid["format"] == GRID_FORMAT and grid["source"] == "simulated" and grid["top_k"] == K
+    assert 1 <= grid["depth"] <= DEPTH and grid["size"] in (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 60)
+    assert grid["simulated_tokens_per_s"] == pytest.approx(max(t.value for t in done))
+
+
+def test_grid_confirmed_on_real_decoder(data, pair, tmp_path):
+    summary = run_tune("grid", data / "traces", data / "cost.json", tmp_path, trials=200, confirm=2, pair=pair,
+                       prompts=prompts(), max_new_tokens=10, log=lambda m: None)
+    assert summary["trials"] == DEPTH * 13  # the GridSampler covered the whole grid, then stopped
+    grid = json.loads((tmp_path / "grid.json").read_text())
+    assert grid["source"] == "measured" and len(grid["candidates"]) == 2
+    best = max(grid["candidates"], key=lambda c: c["measured_tokens_per_s"])
+    assert (grid["depth"], grid["size"]) == (best["depth"], best["size"])
+    assert grid["measured_tokens_per_s"] > 0
+
+
+def test_ppo_study_on_a_journal_file_with_confirmation(data, pair, tmp_path):
+    journal = tmp_path / "shared" / "study.journal"
+    summary = run_tune("ppo", data / "traces", data / "cost.json", tmp_path / "a", trials=2, storage=str(journal),
+                       confirm=1, pair=pair, prompts=prompts(), trial_steps=64, max_new_tokens=10, seed=1,
+                       log=lambda m: None)
+    assert journal.is_file() and summary["trials"] == 2
+    assert summary["confirmed"][0]["measured_tokens_per_s"] > 0
+    ctrl = PolicyController(tmp_path / "a" / "policies")
+    assert ctrl.spec.top_k == K and ctrl.info["tune"]["trial"] == summary["chosen_trial"]
+    assert "context_norm" in summary["best_params"] and "learning_rate" in summary["best_params"]
+    # A second worker (here: the same process, another run folder) adds to the same study.
+    again = run_tune("ppo", data / "traces", data / "cost.json", tmp_path / "b", trials=1, storage=str(journal),
+                     trial_steps=64, log=lambda m: None)
+    assert again["trials"] == 3
+
+
+def test_bad_options_fail_clearly(data, tmp_path, capsys):
+    base = (data / "traces", data / "cost.json", tmp_path)
+    with pytest.raises(LTDError, match="unknown study kind"):
+        run_tune("nope", *base, trials=1)
+    with pytest.raises(LTDError, match="--trials"):
+        run_tune("grid", *base, trials=0)
+    with pytest.raises(LTDError, match="--confirm needs"):
+        run_tune("grid", *base, trials=1, confirm=2)
+    with pytest.raises(LTDError, match="--storage"):
+        run_tune("grid", *base, trials=1, storage="not-a-url")
+    for argv, msg in ((["--traces", str(tmp_path / "none")], "no trace folder"),
+                      (["--cost", str(tmp_path / "none.json")], "cannot read --cost"),
+                      (["--confirm", "2"], "--confirm needs")):
+        capsys.readouterr()
+        assert main(["tune", "grid", "--traces", str(data / "traces"), "--cost", str(data / "cost.json"),
+                     "--out", str(tmp_path / "o"), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("ltd: error:") and msg in err and "\n" not in err
