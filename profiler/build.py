@@ -54,6 +54,23 @@ def profile_device(probes: PhaseProbes, spec: SweepSpec, timer: Timer, fingerpri
     return model
 
 
+def refit(out_dir: str | Path, plots: bool = True) -> FittedCostModel:
+    """Refit (and re-plot) a profile from its measurements.json, keeping its fingerprint."""
+    from profiler.model import load_cost_model
+
+    out = Path(out_dir)
+    result = load_measurements(out / MEASUREMENTS_FILE)
+    model = fit_cost_model(result, load_cost_model(out / MODEL_FILE).fingerprint)
+    model.save(out / MODEL_FILE)
+    images = []
+    if plots:
+        from profiler.plots import plot_all
+
+        images = plot_all(model, result, out / "plots")
+    write_summary(model, result, out / SUMMARY_FILE, images)
+    return model
+
+
 def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 

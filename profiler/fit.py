@@ -8,7 +8,7 @@ linear; on GPUs, steps at tile sizes). `StepPlusLinear` fits
 where `s` is a non-decreasing step function of the size-like variable x0 (scikit-learn's isotonic
 regression: piecewise constant between the measured points, interpolated linearly between them,
 clipped outside) and the linear term carries the context-length dependence (scikit-learn's linear
-regression). The two are fitted by backfitting, weighted by 1/t^2 so that the fit minimises relative
+regression with non-negative coefficients). The two are fitted by backfitting, weighted by 1/t^2 so that the fit minimises relative
 error (a 5 ms draft step counts as much as a 500 ms verify).
 
 Each component's design matrix is built by one function below, used for fitting and prediction alike.
@@ -72,7 +72,7 @@ class StepPlusLinear(RegressorMixin, BaseEstimator):
         x0, Z = X[:, 0], X[:, 1:]
         lin_part = np.zeros_like(y)
         iso = IsotonicRegression(increasing=True, out_of_bounds="clip")
-        lin = LinearRegression()
+        lin = LinearRegression(positive=True)  # time never falls with context or width
         coef = np.zeros(Z.shape[1])
         intercept = 0.0
         # A linear term is only identifiable where its columns vary beyond what x0 explains.

@@ -73,10 +73,10 @@ class SweepSpec:
                        (1, defaults.MAX_DEPTH), (0, vmax), 256,
                        (1, 4, 16), (1, 4, 16), 128, warmup=1, repeats=4)
         if name == "full":
-            return cls("full", (64, 128, 256, 512, 1024, 2048), (2, 4, 6, 8, defaults.TOP_K, 16),
+            return cls("full", (64, 128, 256, 512, 1024, 2048), (2, 4, 8, defaults.TOP_K, 16),
                        defaults.MAX_DEPTH, tuple(range(0, vmax + 1)),
-                       (1, 2, 4, 6, defaults.MAX_DEPTH), (0, 2, 8, 16, 32, vmax), 512,
-                       (1, 2, 4, 8, 16, 32), (1, 2, 4, 8, 16, 32, 64), 256, warmup=2, repeats=7)
+                       (1, 4, defaults.MAX_DEPTH), (0, 8, 32, vmax), 512,
+                       (1, 2, 4, 8, 16), (1, 2, 4, 8, 16, 32), 256, warmup=2, repeats=7)
         raise ValueError(f"unknown sweep preset {name!r} (tiny, quick, full)")
 
     def capped(self, max_context: int) -> "SweepSpec":
@@ -87,11 +87,12 @@ class SweepSpec:
                        batch_context=min(self.batch_context, ctx[-1]))
 
     def count(self, has_drafter: bool) -> int:
-        n = len(self.context_lens) * len(self.sizes) + len(self.batch_sizes) * len(self.batch_tokens) + 1
+        """Probe calls of a sweep (warm-ups included), for the progress bar."""
+        n = len(self.context_lens) * len(self.sizes) + len(self.batch_sizes) * len(self.batch_tokens)
         if has_drafter:
             n += len(self.context_lens) * len(self.top_ks)  # one point per draft_tree call
             n += len(self.overhead_depths) * len(self.overhead_sizes) * len(self.top_ks)
-        return n
+        return n * (self.warmup + self.repeats) + 1
 
 
 @dataclass
@@ -137,7 +138,7 @@ def time_policy(timer: Timer, obs_dim: int = 16, n_actions: int = len(defaults.S
 def _progress(total: int, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, unit="pt")
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, unit="run")
 
 
 def run_sweeps(probes: PhaseProbes, spec: SweepSpec, timer: Timer, progress: bool = True) -> SweepResult:
@@ -149,14 +150,14 @@ def run_sweeps(probes: PhaseProbes, spec: SweepSpec, timer: Timer, progress: boo
     t0 = time.perf_counter()
     bar = _progress(spec.count(probes.has_drafter), progress, f"profile ({spec.name})")
     def group(name, keys, probes, split_steps=False):
-        reps = repeat_interleaved(probes, timer, spec.warmup, spec.repeats, seed=len(comps[name]))
+        reps = repeat_interleaved(probes, timer, spec.warmup, spec.repeats, seed=len(comps[name]),
+                                  on_call=bar.update)
         for key, rs in zip(keys, reps):
             if split_steps:  # one draft_tree call: one duration per step
                 for s in range(1, len(rs[0]) + 1):
                     comps[name].append(summarize(dict(key, step=s), [r[s - 1] for r in rs]))
             else:
                 comps[name].append(summarize(key, [r[0] for r in rs]))
-        bar.update(len(keys))
 
     try:
         for ctx in spec.context_lens:

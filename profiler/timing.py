@@ -92,18 +92,21 @@ def repeat(probe: Probe, timer: Timer, warmup: int, repeats: int) -> list[list[f
 
 
 def repeat_interleaved(probes: list[Probe], timer: Timer, warmup: int, repeats: int,
-                       seed: int = 0) -> list[list[list[float]]]:
+                       seed: int = 0, on_call=None) -> list[list[list[float]]]:
     """Like `repeat` for several probes at once, in a fresh random order every round, so that a burst
     of load from other processes spreads over all points instead of spoiling one of them."""
     rng = np.random.default_rng(seed)
+    tick = on_call or (lambda: None)
     for probe in probes:
         for _ in range(warmup):
             probe(timer)
+            tick()
     timer.sync()
     out: list[list[list[float]]] = [[] for _ in probes]
     for _ in range(repeats):
         for i in rng.permutation(len(probes)):
             out[i].append(list(probes[i](timer)))
+            tick()
     return out
 
 

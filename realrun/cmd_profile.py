@@ -17,6 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 (default: fp32 on CPU, bf16 on CUDA)")
     p.add_argument("--force", action="store_true", help="re-profile over an existing cost model")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--refit", action="store_true", help="refit and re-plot from --out's measurements.json (no timing)")
     p.set_defaults(func=cmd_profile)
 
 
@@ -27,14 +28,27 @@ def cmd_profile(args) -> int:
     from realrun.profile_run import run_profile
 
     preset = args.preset or ("quick" if args.quick else "full")
+    if args.refit:
+        from ltd_sim.errors import LTDError
+        from profiler.build import MEASUREMENTS_FILE, refit
+
+        if not (Path(args.out) / MEASUREMENTS_FILE).is_file():
+            raise LTDError(f"no {MEASUREMENTS_FILE} in {args.out} to refit; run `ltd profile --out {args.out}`")
+        model = refit(args.out, plots=not args.no_plots)
+        _print_cv(model)
+        return 0
     model, wall, reused = run_profile(args.target, args.draft, args.draft_kind, args.device, args.dtype, preset,
                                       args.out, args.force, plots=not args.no_plots)
     if reused:
         return 0
     out = Path(args.out)
     print(f"profiled in {wall:.0f} s ({model.meta['outliers']} outlier samples flagged)")
+    _print_cv(model)
+    print(f"wrote {out / MODEL_FILE}, {out / SUMMARY_FILE}" + ("" if args.no_plots else f", {out / 'plots'}/"))
+    return 0
+
+
+def _print_cv(model) -> None:
     for name, cv in model.cv_errors().items():
         if cv.get("mape") is not None:
             print(f"  {name:14s} CV MAPE {100 * cv['mape']:5.1f}%   median APE {100 * cv['median_ape']:5.1f}%")
-    print(f"wrote {out / MODEL_FILE}, {out / SUMMARY_FILE}" + ("" if args.no_plots else f", {out / 'plots'}/"))
-    return 0

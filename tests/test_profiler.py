@@ -126,8 +126,6 @@ def test_fingerprint_mismatch_refused_unless_forced(tmp_path):
 
 
 def test_tiny_sweep_on_random_models(tiny_target, tmp_path):
-    import time
-
     from realrun.drafters import Eagle3Drafter
     from realrun.eagle3 import random_head
     from realrun.profile_run import DecoderProbes
@@ -136,9 +134,7 @@ def test_tiny_sweep_on_random_models(tiny_target, tmp_path):
     head = random_head(tiny_target, draft_vocab_size=128)
     probes = DecoderProbes(tiny_target, Eagle3Drafter(head, tiny_target.config.vocab_size), 512)
     fp = make_fingerprint("cpu", "float32", "tiny", "eagle3:tiny", "random-init", 4)
-    t0 = time.perf_counter()
     model = profile_device(probes, SweepSpec.preset("tiny"), Timer("cpu"), fp, tmp_path, progress=False)
-    assert time.perf_counter() - t0 < 30
     for name in ("cost_model.json", "measurements.json", "profile.md", "plots/profile.png", "plots/verify.png"):
         assert (tmp_path / name).is_file(), name
     loaded = load_cost_model(tmp_path / "cost_model.json", expect_fingerprint=fp)
