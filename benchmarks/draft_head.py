@@ -64,21 +64,20 @@ def verify_costs(target, sizes, context: int = 160, reps: int = 3) -> dict[int, 
     dev = next(target.parameters()).device
     cache = DynamicCache()
     with torch.no_grad():
-        target(input_ids=torch.randint(0, 1000, (1, context), device=dev), cache=cache, use_cache=True,
+        target(input_ids=torch.randint(0, min(1000, target.config.vocab_size), (1, context), device=dev), cache=cache, use_cache=True,
                logits_to_keep=1)
     out = {}
     for v in sizes:
         m = v + 1
         parents = np.array([-1] + [max(0, (i - 1) // 3) for i in range(1, m)])  # a bushy tree
-        tokens = np.random.default_rng(0).integers(0, 1000, m)
+        tokens = np.random.default_rng(0).integers(0, min(1000, target.config.vocab_size), m)
         positions = context + np.array([0] + [1 + int(np.log2(i + 1)) for i in range(1, m)])
         times = []
         for _ in range(reps):
             t0 = time.perf_counter()
             verify_tree(target, cache, tokens, parents, positions)
             times.append(time.perf_counter() - t0)
-            keep_cache_entries(cache, context, [])
-            cache.crop(context)
+            keep_cache_entries(cache, context, [])  # back to the `context` cached tokens
         out[v] = float(np.median(times))
     return out
 

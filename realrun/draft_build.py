@@ -483,10 +483,6 @@ def coverage(labels: np.ndarray, t2d: np.ndarray) -> float:
 # 6. training-time test
 # ============================================================================================
 
-def _rope(attn, positions, dtype):
-    return attn.rope(positions, dtype)
-
-
 def ttt_forward(head, feats: torch.Tensor, tokens: torch.Tensor, steps: int):
     """The head unrolled `steps` times on its own outputs (EAGLE-3 training-time test).
 
@@ -494,6 +490,8 @@ def ttt_forward(head, feats: torch.Tensor, tokens: torch.Tensor, steps: int):
     Step j, index i: hidden = step-(j-1) output at i (step 0: fc(feats[i])), token t[i+1+j],
     position i+j; attends to step-0 keys at indices <= i and steps 1..j keys at index i.
     Returns a list of draft-vocab logits [B, n, Vd], one per step (entry j predicts label[i+1+j])."""
+    from realrun.eagle3 import _rotate_half
+
     mid = head.midlayer
     attn = mid.self_attn
     cfg = head.cfg
@@ -539,11 +537,6 @@ def ttt_forward(head, feats: torch.Tensor, tokens: torch.Tensor, steps: int):
         hidden = hidden + mid.mlp(mid.post_attention_layernorm(hidden))
         outs.append(head.lm_head(head.norm(hidden)))
     return outs
-
-
-def _rotate_half(x):
-    a, c = x.chunk(2, dim=-1)
-    return torch.cat((-c, a), dim=-1)
 
 
 def step_targets(labels: torch.Tensor, lens: torch.Tensor, t2d_index: torch.Tensor, steps: int):
