@@ -43,6 +43,10 @@ def profile_device(probes: PhaseProbes, spec: SweepSpec, timer: Timer, fingerpri
     out = Path(out_dir)
     result = run_sweeps(probes, spec, timer, progress=progress)
     write_json_atomic(out / MEASUREMENTS_FILE, result.to_json())
+    return _fit_and_write(result, fingerprint, out, plots)
+
+
+def _fit_and_write(result: SweepResult, fingerprint: dict, out: Path, plots: bool) -> FittedCostModel:
     model = fit_cost_model(result, fingerprint)
     model.save(out / MODEL_FILE)
     images = []
@@ -60,15 +64,7 @@ def refit(out_dir: str | Path, plots: bool = True) -> FittedCostModel:
 
     out = Path(out_dir)
     result = load_measurements(out / MEASUREMENTS_FILE)
-    model = fit_cost_model(result, load_cost_model(out / MODEL_FILE).fingerprint)
-    model.save(out / MODEL_FILE)
-    images = []
-    if plots:
-        from profiler.plots import plot_all
-
-        images = plot_all(model, result, out / "plots")
-    write_summary(model, result, out / SUMMARY_FILE, images)
-    return model
+    return _fit_and_write(result, load_cost_model(out / MODEL_FILE, force=True).fingerprint, out, plots)
 
 
 def _pct(x) -> str:

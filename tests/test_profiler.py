@@ -144,6 +144,10 @@ def test_tiny_sweep_on_random_models(tiny_target, tmp_path):
     for name in ("draft_step", "verify", "overhead", "batch_forward"):
         assert loaded.cv_errors()[name]["folds"] > 0, name
     assert "CV MAPE" in (tmp_path / "profile.md").read_text()
+    from profiler.build import refit
+
+    again = refit(tmp_path, plots=False)  # from measurements.json, no timing
+    assert again.predict_cycle(3, 4, 64, 4) == pytest.approx(model.predict_cycle(3, 4, 64, 4))
 
 
 def test_target_only_sweep(tiny_target, tmp_path):
