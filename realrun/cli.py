@@ -21,6 +21,7 @@ SUBCOMMANDS = [
     "realrun.cmd_bench",  # bench
     "realrun.cmd_finetune",  # finetune
     "realrun.cmd_tune",  # tune
+    "realrun.pipeline",  # pipeline
 ]
 
 

@@ -1,0 +1,319 @@
+"""`ltd pipeline`: the whole job on one pair of models, resumable stage by stage.
+
+    draft head -> profile -> trace -> pretrain (simulator) -> sim eval -> finetune (real decoder) -> bench -> report
+
+Each stage writes its artifact under the run directory and a marker `stages/NAME.json` holding the
+stage's configuration (its budget and the digests of the artifacts it read). A stage whose marker
+matches is skipped, so a rerun after an interruption continues where it stopped, and a stage reruns
+when anything upstream changed. Stages that take long resume inside themselves too (the draft build,
+trace recording per prompt, PPO phases).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ltd_sim.atomic import write_json
+from ltd_sim.errors import LTDError
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much work each stage may do. `full` is the README's main job; `quick` a first look."""
+
+    name: str
+    draft_minutes: float  # only when the head must be built
+    profile_preset: str
+    trace_prompts: int
+    trace_tokens: int
+    stage1_steps: int
+    stage2_steps: int
+    rounds: int
+    finetune_minutes: float
+    grid_trials: int
+    bench_questions: int
+    bench_tokens: int
+    bench_repeats: int
+
+
+BUDGETS = {
+    "full": Budget("full", draft_minutes=30, profile_preset="quick", trace_prompts=30, trace_tokens=96,
+                   stage1_steps=100_000, stage2_steps=60_000, rounds=2, finetune_minutes=2.0,
+                   grid_trials=104, bench_questions=10, bench_tokens=96, bench_repeats=1),
+    "quick": Budget("quick", draft_minutes=10, profile_preset="quick", trace_prompts=12, trace_tokens=64,
+                    stage1_steps=30_000, stage2_steps=20_000, rounds=1, finetune_minutes=0.5,
+                    grid_trials=40, bench_questions=4, bench_tokens=64, bench_repeats=1),
+    # seconds, for the end-to-end test on tiny models
+    "tiny": Budget("tiny", draft_minutes=0.4, profile_preset="tiny", trace_prompts=5, trace_tokens=16,
+                   stage1_steps=1024, stage2_steps=512, rounds=1, finetune_minutes=0.15,
+                   grid_trials=8, bench_questions=2, bench_tokens=12, bench_repeats=1),
+}
+
+
+def digest(path: Path) -> str:
+    """Content digest of a file or of every file under a folder (what a downstream stage read)."""
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        h.update(str(f.relative_to(path.parent if path.is_file() else path)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Pipeline:
+    run_dir: Path
+    budget: Budget
+    target: str | None = None
+    draft: str | None = None  # an EAGLE-3 head to use instead of building/reusing the default one
+    log: object = print
+    summaries: dict = field(default_factory=dict)
+
+    def stage(self, name: str, config: dict, fn) -> dict:
+        config = json.loads(json.dumps(config))  # compare as stored (tuples become lists)
+        marker = self.run_dir / "stages" / f"{name}.json"
+        if marker.is_file():
+            try:
+                done = json.loads(marker.read_text())
+            except ValueError:
+                done = {}
+            if done.get("config") == config:
+                self.log(f"[{name}] current, skipped ({marker})")
+                self.summaries[name] = done["summary"] | {"seconds": done.get("seconds", 0.0), "skipped": True}
+                return done["summary"]
+        self.log(f"[{name}] running")
+        t0 = time.perf_counter()
+        summary = fn()
+        seconds = time.perf_counter() - t0
+        write_json(marker, {"config": config, "summary": summary, "seconds": seconds})
+        self.summaries[name] = summary | {"seconds": seconds, "skipped": False}
+        self.log(f"[{name}] done in {seconds:.0f} s")
+        return summary
+
+    # -- stages ---------------------------------------------------------------------------------
+
+    def draft_head(self) -> Path:
+        from realrun.models import default_draft_dir
+
+        if self.draft is not None:
+            head = Path(self.draft)
+            if not (head / "config.json").is_file():
+                raise LTDError(f"no EAGLE-3 head at --draft {head}")
+            self.summaries["draft"] = {"head": str(head), "built": False, "seconds": 0.0, "skipped": True}
+            return head
+        head = default_draft_dir() if self.target in (None, "default") else None
+        if head is not None and (head / "config.json").is_file():
+            self.summaries["draft"] = {"head": str(head), "built": False, "seconds": 0.0, "skipped": True}
+            self.log(f"[draft] cached head at {head}")
+            return head
+        from realrun.draft_build import BuildConfig, build
+
+        t0 = time.perf_counter()
+        report = build(self.target, cfg=BuildConfig(minutes=self.budget.draft_minutes), resume=True, log=self.log)
+        out = Path(report.get("out") or default_draft_dir())
+        self.summaries["draft"] = {"head": str(out), "built": True, "seconds": time.perf_counter() - t0,
+                                   "skipped": False}
+        return out
+
+    def run(self) -> dict:
+        from realrun.prompts import default_trace_prompts
+
+        b = self.budget
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        head = self.draft_head()
+        draft = str(head)
+        head_digest = digest(head / "model.safetensors")
+        cost_path = self.run_dir / "cost_model.json"
+
+        def profile():
+            from realrun.profile_run import run_profile
+
+            model, seconds, _ = run_profile(self.target, draft, "eagle3", preset=b.profile_preset,
+                                            out=self.run_dir, force=True, log=self.log)
+            return {"cost_model": str(cost_path), "cv_error": model.cv_errors()}
+
+        self.stage("profile", {"preset": b.profile_preset, "head": head_digest}, profile)
+
+        trace_dir = self.run_dir / "traces"
+
+        def trace():
+            from realrun.loading import load_pair
+            from realrun.models import encode_prompt
+            from realrun.trace_record import record_prompts
+
+            pair = load_pair(self.target, draft, "eagle3")
+            prompts = default_trace_prompts(b.trace_prompts)
+            return record_prompts(pair, prompts, trace_dir, lambda t: encode_prompt(pair.target.tokenizer, t),
+                                  b.trace_tokens)
+
+        self.stage("trace", {"prompts": b.trace_prompts, "tokens": b.trace_tokens, "head": head_digest}, trace)
+        traces_digest = digest(trace_dir)
+        cost_digest = digest(cost_path)
+
+        pretrain_dir = self.run_dir / "pretrain"
+
+        def pretrain():
+            from ltd_sim.train import PretrainConfig, pretrain as run_pretrain
+            from realrun.cmd_sim import load_tables
+
+            cfg = PretrainConfig(stage1_steps=b.stage1_steps, stage2_steps=b.stage2_steps, rounds=b.rounds)
+            result = run_pretrain(load_tables(str(trace_dir), str(cost_path), "train"),
+                                  load_tables(str(trace_dir), str(cost_path), "val"), pretrain_dir, cfg,
+                                  log=self.log, extra_spec={"traces": str(trace_dir), "cost": str(cost_path)})
+            return {"policies": str(result.out_dir / "policies"), "best_phase": result.best_phase,
+                    "val_tokens_per_s": result.val_tokens_per_s, "val_best_static": result.val_best_static}
+
+        pre = self.stage("pretrain", {"budget": asdict(b), "traces": traces_digest, "cost": cost_digest}, pretrain)
+        sim_policy = Path(pre["policies"])
+
+        def sim_eval():
+            from realrun.cmd_sim import run_sim_eval
+
+            table = run_sim_eval(str(trace_dir), str(cost_path), "test", str(sim_policy))
+            write_json(self.run_dir / "sim_eval.json", table)
+            return table
+
+        self.stage("sim_eval", {"policies": digest(sim_policy), "traces": traces_digest, "cost": cost_digest},
+                   sim_eval)
+
+        # The real decoder from here on: load the pair once for the remaining stages.
+        pair_cache: dict = {}
+
+        def pair():
+            if "pair" not in pair_cache:
+                from realrun.loading import load_pair
+
+                pair_cache["pair"] = load_pair(self.target, draft, "eagle3")
+            return pair_cache["pair"]
+
+        def encoded_trace_prompts():
+            from realrun.models import encode_prompt
+
+            tok = pair().target.tokenizer
+            return [encode_prompt(tok, p["text"]) for p in default_trace_prompts(b.trace_prompts)]
+
+        tune_dir = self.run_dir / "tune"
+
+        def grid():
+            from realrun.tune import run_tune
+
+            # Optuna over the static (D, V) grid in simulation, the best 3 confirmed on the real decoder:
+            # the strong "EAGLE-3 + grid search" baseline.
+            return run_tune("grid", str(trace_dir), str(cost_path), tune_dir, trials=b.grid_trials, confirm=3,
+                            pair=pair(), prompts=encoded_trace_prompts(), max_new_tokens=b.trace_tokens,
+                            log=self.log)
+
+        grid_summary = self.stage("grid", {"trials": b.grid_trials, "traces": traces_digest, "cost": cost_digest},
+                                  grid)
+
+        finetune_dir = self.run_dir / "finetune"
+
+        def finetune():
+            from realrun.finetune import run_finetune
+
+            return run_finetune(pair(), sim_policy, finetune_dir, encoded_trace_prompts(),
+                                minutes=b.finetune_minutes, resume=True, log=self.log)
+
+        self.stage("finetune", {"minutes": b.finetune_minutes, "policies": digest(sim_policy)}, finetune)
+        ltd_policy = finetune_dir / "policies"
+
+        def bench():
+            from realrun.bench import Question, run_bench
+            from realrun.models import encode_prompt
+            from realrun.prompts import default_bench_prompts
+
+            tok = pair().target.tokenizer
+            questions = [Question(p["id"], p["category"], encode_prompt(tok, p["text"]), p["text"])
+                         for p in default_bench_prompts(b.bench_questions)]
+            report = run_bench(pair(), questions,
+                               methods=("ar", "eagle3", "grid", "ltd-sim", "ltd", "hf-assisted"),
+                               policy_dir=ltd_policy, sim_policy_dir=sim_policy,
+                               grid_setting=grid_setting(grid_summary), max_new_tokens=b.bench_tokens,
+                               repeats=b.bench_repeats, out_dir=self.run_dir / "bench", log=self.log)
+            return {"methods": report["methods"]}
+
+        self.stage("bench", {"budget": asdict(b), "ltd": digest(ltd_policy), "sim": digest(sim_policy),
+                             "grid": list(grid_setting(grid_summary))}, bench)
+        write_report(self.run_dir, b, self.summaries)
+        return self.summaries
+
+
+def grid_setting(summary: dict) -> tuple[int, int]:
+    """The grid baseline's (D, V): the best setting measured on the real decoder, else simulated."""
+    chosen = summary.get("chosen") or summary.get("best_params")
+    return int(chosen["depth"]), int(chosen["size"])
+
+
+def write_report(run_dir: Path, budget: Budget, summaries: dict) -> Path:
+    """report.md + report.json of the whole run: which budget made it, each stage, the figures."""
+    from ltd_sim.atomic import write_bytes
+
+    bench = summaries.get("bench", {}).get("methods", {})
+    sim = summaries.get("sim_eval", {}).get("methods", {})
+    device = _device_line(run_dir)
+    lines = [f"# LTD pipeline report: `{run_dir.name}`", "",
+             f"- budget: **{budget.name}** ({', '.join(f'{k}={v}' for k, v in asdict(budget).items() if k != 'name')})",
+             f"- device: {device}", ""]
+    lines += ["## Stages", "", "| stage | seconds | skipped |", "|---|---:|---|"]
+    for name, s in summaries.items():
+        lines.append(f"| {name} | {s.get('seconds', 0.0):.0f} | {'yes' if s.get('skipped') else 'no'} |")
+    if sim:
+        lines += ["", "## Simulation (held-out test traces, fitted cost model)", "",
+                  "| method | tokens/s | tau | of oracle |", "|---|---:|---:|---:|"]
+        for name, row in sim.items():
+            lines.append(f"| {name} | {row['tokens_per_s']:.2f} | {row['tau']:.2f} | {row['oracle_ratio']:.3f} |")
+    if bench:
+        lines += ["", "## Real decoder (`ltd bench`, held-out prompts, one run side by side)", "",
+                  "| method | tokens/s | speedup vs ar | tau | lossless |", "|---|---:|---:|---:|---|"]
+        for name, row in bench.items():
+            lines.append(f"| {name} | {row['tokens_per_s']:.2f} | {row['speedup']:.3f} | {row['tau']:.2f} | "
+                         f"{row['lossless']} |")
+        lines += ["", "Plots and per-category tables: [bench/report.md](bench/report.md)."]
+    text = "\n".join(lines) + "\n"
+    write_bytes(run_dir / "report.md", text.encode())
+    write_json(run_dir / "report.json", {"budget": asdict(budget), "device": device, "stages": summaries})
+    return run_dir / "report.md"
+
+
+def _device_line(run_dir: Path) -> str:
+    try:
+        fp = json.loads((run_dir / "cost_model.json").read_text()).get("fingerprint", {})
+        return ", ".join(f"{k} {fp[k]}" for k in ("device", "torch", "dtype") if k in fp) or "unknown"
+    except (OSError, ValueError):
+        return "unknown"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("pipeline", help="the whole job: draft head, profile, trace, pretrain, finetune, bench")
+    p.add_argument("--out", default="runs/default", help="run directory (resumed when it exists)")
+    p.add_argument("--target", default=None, help="local HF model dir (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--draft", default=None, help="an EAGLE-3 head dir to use (default: build or reuse the cached one)")
+    p.add_argument("--quick", action="store_true", help="the same stages at small budgets (a first look)")
+    p.add_argument("--budget", choices=sorted(BUDGETS), default=None,
+                   help="full (default), quick (= --quick), tiny (seconds; for tests on tiny models)")
+    p.set_defaults(func=cmd_pipeline)
+
+
+def cmd_pipeline(args) -> int:
+    from realrun.loading import set_threads
+
+    set_threads()
+    if args.quick and args.budget not in (None, "quick"):
+        raise LTDError(f"--quick and --budget {args.budget} contradict each other")
+    budget = BUDGETS[args.budget or ("quick" if args.quick else "full")]
+    run_dir = Path(args.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise LTDError(f"--out {run_dir} exists and is not a directory")
+    marker = run_dir / "stages" / "budget.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("name") != budget.name:
+        raise LTDError(f"{run_dir} was made with the {json.loads(marker.read_text())['name']!r} budget; "
+                       f"use another --out for a {budget.name!r} run")
+    write_json(marker, asdict(budget))
+    t0 = time.perf_counter()
+    Pipeline(run_dir, budget, args.target, args.draft).run()
+    print(f"pipeline done in {time.perf_counter() - t0:.0f} s: {run_dir / 'report.md'}")
+    return 0

@@ -1,0 +1,72 @@
+"""`ltd pipeline` end to end on tiny models (the real stages at a budget of seconds), resumption."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_llama
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_target(tmp_path_factory, default_target):
+    """A tiny random Llama with the default target's tokenizer (so chat prompts encode)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    vocab = default_target.vocab_size
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      eos_token_id=default_target.tokenizer.eos_token_id, tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg).eval()
+    out = tmp_path_factory.mktemp("models") / "tiny-chat"
+    model.save_pretrained(out)
+    default_target.tokenizer.save_pretrained(out)
+    return out
+
+
+def test_pipeline_end_to_end_and_resume(tiny_chat_target, tmp_path):
+    from realrun.cli import main
+    from realrun.eagle3 import random_head, save_head
+    from realrun.models import load_causal_lm
+
+    # The head builder has its own tests; here a random head stands in for a trained one.
+    head = save_head(random_head(load_causal_lm(tiny_chat_target).model, draft_vocab_size=512), tmp_path / "head")
+    run = tmp_path / "run"
+    args = ["pipeline", "--target", str(tiny_chat_target), "--draft", str(head), "--out", str(run),
+            "--budget", "tiny"]
+    assert main(args) == 0
+    for artifact in ("cost_model.json", "traces", "pretrain/policies", "finetune/policies", "sim_eval.json",
+                     "bench/report.json", "report.md", "report.json"):
+        assert (run / artifact).exists(), artifact
+    report = json.loads((run / "report.json").read_text())
+    assert report["budget"]["name"] == "tiny"
+    bench = report["stages"]["bench"]["methods"]
+    assert {"ar", "eagle3", "grid", "ltd-sim", "ltd", "hf-assisted"} <= set(bench)
+    assert all(row["lossless"] for row in bench.values())
+    sim = report["stages"]["sim_eval"]["methods"]
+    # the oracle bounds every drafting schedule (plain decoding without a drafter skips the draft step)
+    drafting = [r["tokens_per_s"] for name, r in sim.items() if name != "autoregressive"]
+    assert sim["oracle"]["tokens_per_s"] >= max(drafting) - 1e-9
+
+    # A second run finds every stage current and skips it.
+    assert main(args) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert all(s["skipped"] for s in report["stages"].values())
+
+    # An interrupted stage reruns alone: drop the bench marker, the rest stays skipped.
+    (run / "stages" / "bench.json").unlink()
+    assert main(args) == 0
+    stages = json.loads((run / "report.json").read_text())["stages"]
+    assert not stages["bench"]["skipped"] and stages["finetune"]["skipped"]
+
+
+def test_pipeline_bad_options(tmp_path, capsys):
+    from realrun.cli import main
+
+    assert main(["pipeline", "--out", str(tmp_path / "r"), "--quick", "--budget", "full"]) == 2
+    assert "contradict" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["pipeline", "--out", str(tmp_path / "file")]) == 2
