@@ -123,15 +123,6 @@ def suggest_pretrain(trial, trial_steps: int):
     return cfg, trial.suggest_categorical("context_norm", list(CONTEXT_NORMS))
 
 
-def _measure_static(pair, prompts, depth: int, size: int, top_k: int, max_depth: int, max_new: int) -> dict:
-    from ltd_sim.control import StaticDepth, StaticSize
-    from realrun.decoder import DecodeConfig
-    from realrun.finetune import measure
-
-    cfg = DecodeConfig(max_new_tokens=max_new, top_k=top_k, max_depth=max_depth)
-    return measure(pair, prompts, StaticDepth(depth), StaticSize(size), cfg)
-
-
 def run_tune(kind: str, traces, cost, out_dir, trials: int, storage: str | None = None, study: str | None = None,
              confirm: int = 0, pair=None, prompts=None, trial_steps: int = 20_000, max_new_tokens: int = 64,
              seed: int | None = None, log=print) -> dict:
@@ -214,11 +205,17 @@ def _finish_grid(ranked, tv, confirm, pair, prompts, max_new, out: Path, summary
             candidates.append({"depth": key[0], "size": key[1], "simulated_tokens_per_s": t.value,
                                "measured_tokens_per_s": None})
     candidates = candidates[:max(confirm, 1)]
-    for c in candidates[:confirm]:
-        c["measured_tokens_per_s"] = _measure_static(pair, prompts, c["depth"], c["size"], tv.top_k,
-                                                     tv.max_depth, max_new)["tokens_per_s"]
-        log(f"  confirm D={c['depth']} V={c['size']}: simulated {c['simulated_tokens_per_s']:.2f}, "
-            f"measured {c['measured_tokens_per_s']:.2f} tok/s")
+    if confirm:  # the candidates measured side by side, interleaved prompt by prompt
+        from ltd_sim.control import StaticDepth, StaticSize
+        from realrun.decoder import DecodeConfig
+        from realrun.finetune import measure_many
+
+        cfg = DecodeConfig(max_new_tokens=max_new, top_k=tv.top_k, max_depth=tv.max_depth)
+        runs = measure_many(pair, prompts, [(StaticDepth(c["depth"]), StaticSize(c["size"])) for c in candidates], cfg)
+        for c, r in zip(candidates, runs):
+            c["measured_tokens_per_s"] = r["tokens_per_s"]
+            log(f"  confirm D={c['depth']} V={c['size']}: simulated {c['simulated_tokens_per_s']:.2f}, "
+                f"measured {c['measured_tokens_per_s']:.2f} tok/s")
     measured = [c for c in candidates if c["measured_tokens_per_s"] is not None]
     chosen = max(measured, key=lambda c: c["measured_tokens_per_s"]) if measured else candidates[0]
     grid = {"format": GRID_FORMAT, "version": GRID_VERSION, "depth": chosen["depth"], "size": chosen["size"],
@@ -236,19 +233,19 @@ def _finish_grid(ranked, tv, confirm, pair, prompts, max_new, out: Path, summary
 def _finish_ppo(ranked, confirm, pair, prompts, max_new, out: Path, log) -> dict:
     from ltd_sim.policy import PolicyController, load_policies, save_policies
     from realrun.decoder import DecodeConfig
-    from realrun.finetune import measure, policy_extras
+    from realrun.finetune import measure_many, policy_extras
 
     ranked = [t for t in ranked if Path(t.user_attrs.get("policies", "")).is_dir()]  # this machine's trials
     if not ranked:
         return {"policies": None, "confirmed": []}
     confirmed = []
-    for t in ranked[:confirm]:
-        ctrl = PolicyController(t.user_attrs["policies"])
-        cfg = DecodeConfig(max_new_tokens=max_new, top_k=ctrl.spec.top_k, max_depth=ctrl.spec.max_depth)
-        res = measure(pair, prompts, ctrl, ctrl, cfg)
-        confirmed.append({"trial": t.number, "params": t.params, "simulated_tokens_per_s": t.value,
-                          "measured_tokens_per_s": res["tokens_per_s"], "policy_fraction": res["policy_fraction"]})
-        log(f"  confirm trial {t.number}: simulated {t.value:.2f}, measured {res['tokens_per_s']:.2f} tok/s")
+    if confirm:  # the best trials' policies measured side by side, interleaved prompt by prompt
+        ctrls = [PolicyController(t.user_attrs["policies"]) for t in ranked[:confirm]]
+        cfg = DecodeConfig(max_new_tokens=max_new, top_k=ctrls[0].spec.top_k, max_depth=ctrls[0].spec.max_depth)
+        for t, res in zip(ranked, measure_many(pair, prompts, [(c, c) for c in ctrls], cfg)):
+            confirmed.append({"trial": t.number, "params": t.params, "simulated_tokens_per_s": t.value,
+                              "measured_tokens_per_s": res["tokens_per_s"], "policy_fraction": res["policy_fraction"]})
+            log(f"  confirm trial {t.number}: simulated {t.value:.2f}, measured {res['tokens_per_s']:.2f} tok/s")
     best = max(confirmed, key=lambda c: c["measured_tokens_per_s"])["trial"] if confirmed else ranked[0].number
     src = next(t for t in ranked if t.number == best).user_attrs["policies"]
     depth, size, spec, info = load_policies(src)
