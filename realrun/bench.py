@@ -344,7 +344,7 @@ def _neighbours(d: int, v: int, top_k: int) -> list[tuple[int, int]]:
 def sweep_grid(pair, questions: list[Question], max_new: int, top_k: int = defaults.TOP_K,
                candidates=None, keep: int = SWEEP_KEEP, log=None) -> tuple[tuple[int, int], list[dict]]:
     """The fastest static (D, V), measured: every candidate on the first question, then the best
-    `keep` and their grid neighbours on all `questions` (total tokens / total seconds)."""
+    `keep` and the grid neighbours of the best on all `questions` (total tokens / total seconds)."""
     cands = list(candidates or sweep_candidates(top_k))
     rows: dict[tuple[int, int], dict] = {}
 
@@ -360,7 +360,7 @@ def sweep_grid(pair, questions: list[Question], max_new: int, top_k: int = defau
     for c in cands:
         rows[c] = {"depth": c[0], "size": c[1], "stage1_tokens_per_s": measure(c, questions[:1])}
     best = sorted(rows, key=lambda c: -rows[c]["stage1_tokens_per_s"])[:keep]
-    stage2 = list(dict.fromkeys(best + [n for c in best for n in _neighbours(*c, top_k)]))
+    stage2 = list(dict.fromkeys(best + _neighbours(*best[0], top_k)))
     for c in stage2:
         rows.setdefault(c, {"depth": c[0], "size": c[1]})["tokens_per_s"] = measure(c, questions)
     pick = max(stage2, key=lambda c: rows[c]["tokens_per_s"])

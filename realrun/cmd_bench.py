@@ -10,7 +10,7 @@ from ltd_sim.errors import LTDError
 
 
 def add_parser(sub) -> None:
-    from realrun.bench import HF_ASSISTANT_TOKENS, METHODS
+    from realrun.bench import HF_ASSISTANT_TOKENS, METHODS, SWEEP_QUESTIONS, SWEEP_TOKENS
     from realrun.cli import _add_decode_options
 
     p = sub.add_parser("bench", help="benchmark decoding methods side by side (Spec-Bench protocol)")
@@ -26,6 +26,9 @@ def add_parser(sub) -> None:
     g.add_argument("--grid", default=None, help="static D,V for method grid (default: a measured sweep)")
     g.add_argument("--grid-from", default=None,
                    help="JSON with the grid setting: `ltd sim eval --json` output (best_static) or a bench report")
+    p.add_argument("--sweep-questions", type=int, default=SWEEP_QUESTIONS,
+                   help="questions the grid sweep measures on (when no --grid/--grid-from)")
+    p.add_argument("--sweep-tokens", type=int, default=SWEEP_TOKENS, help="new tokens per grid-sweep generation")
     p.add_argument("--hf-draft", default=None,
                    help="lm draft dir for hf-assisted (default: the target's first quarter of layers)")
     p.add_argument("--hf-tokens", type=int, default=HF_ASSISTANT_TOKENS,
@@ -34,6 +37,8 @@ def add_parser(sub) -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--warmups", type=int, default=1)
     p.add_argument("--out", default=None, help="folder for report.md, report.json, plots/ (default: no files)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: every core; on a loaded machine 1 is far faster)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
@@ -54,6 +59,8 @@ def cmd_bench(args) -> int:
     for flag, d in (("--policy", args.policy), ("--sim-policy", args.sim_policy)):
         if d and not (Path(d) / "spec.json").is_file():
             raise LTDError(f"{flag} {d}: no policy there (expected spec.json, depth.zip, size.zip)")
+    if args.sweep_questions < 1 or args.sweep_tokens < 1:
+        raise LTDError("--sweep-questions and --sweep-tokens must be at least 1")
     if args.hf_tokens < 1:
         raise LTDError(f"--hf-tokens must be at least 1, got {args.hf_tokens}")
     if args.limit is not None and args.limit < 1:
@@ -67,12 +74,19 @@ def cmd_bench(args) -> int:
     draft = args.draft
     if draft is None and any(m in DRAFTER_METHODS for m in methods):
         draft = "default"
+    if args.threads is not None and args.threads < 1:
+        raise LTDError(f"--threads must be at least 1, got {args.threads}")
     set_threads()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     pair = load_pair(args.target, draft, args.draft_kind, args.device, args.dtype)
     questions = select_questions(items, pair.target.tokenizer, cats, args.limit)
     report = run_bench(pair, questions, methods, policy_dir=args.policy, sim_policy_dir=args.sim_policy,
                        grid_setting=grid, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
                        warmups=args.warmups, out_dir=args.out, hf_draft=args.hf_draft, hf_tokens=args.hf_tokens,
+                       sweep_questions=args.sweep_questions, sweep_tokens=args.sweep_tokens,
                        progress=not args.no_progress and not args.json)
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "runs"}))
