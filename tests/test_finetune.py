@@ -120,6 +120,13 @@ def test_finetune_checkpoints_and_resumes(pair, run, tmp_path):
                      cfg=FinetuneConfig(n_steps=16, batch_size=8, max_new_tokens=NEW), progress=False)
 
 
+def test_finetune_minutes_budget(pair, run, tmp_path):
+    summary = run_finetune(pair, run / "pre" / "policies", tmp_path / "ft", [prompt(i) for i in range(3)],
+                           minutes=0.02, cfg=SMALL, progress=False, log=lambda m: None)
+    assert [h["phase"] for h in summary["history"]] == ["round1_depth", "round1_size"]
+    assert summary["steps"] >= 2 * SMALL.n_steps  # at least one update per phase, however short the budget
+
+
 def test_finetune_bad_options(pair, run, tmp_path, capsys):
     pol = run / "pre" / "policies"
     with pytest.raises(LTDError, match="one budget"):
