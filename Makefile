@@ -20,9 +20,10 @@ $(BIN)/ltd: pyproject.toml
 
 install: $(BIN)/ltd
 
+# The main job: build (or reuse) the draft head, profile, trace, pretrain, fine-tune, bench, report.
+# Resumable: run it again after an interruption. QUICK=1 runs the same stages at small budgets.
 demo: install
-	$(BIN)/ltd models
-	$(BIN)/ltd generate --prompt "Write a Python function that reverses a list." --max-new-tokens 64
+	$(BIN)/ltd pipeline --out runs/default $(if $(QUICK),--quick,)
 
 test: install
 	$(BIN)/python -m pytest -q -rs; rc=$$?; \
