@@ -79,6 +79,20 @@ def _ppo(kind: str, env, cfg: PretrainConfig, tb_dir: Path):
 
 def pretrain(train: SimTables, val: SimTables, out_dir: str | Path, cfg: PretrainConfig | None = None,
              log=print, extra_spec: dict | None = None) -> PretrainResult:
+    """Co-adaptive PPO pretraining (see `_pretrain`). PPO's small networks run on `cfg.torch_threads`;
+    the caller's torch thread count is restored afterwards, so that a real decoder running later in
+    the same process (the pipeline's fine-tune and bench) keeps every core."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return _pretrain(train, val, out_dir, cfg, log, extra_spec)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain(train: SimTables, val: SimTables, out_dir: str | Path, cfg: PretrainConfig | None = None,
+             log=print, extra_spec: dict | None = None) -> PretrainResult:
     import torch
     from stable_baselines3 import PPO
 
