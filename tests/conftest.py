@@ -40,6 +40,15 @@ def noisy_copy(model, noise: float, seed: int = 1):
     return draft.eval()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run far faster on one torch thread, above all when other jobs hold the other core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_target():
     return tiny_llama(seed=0)

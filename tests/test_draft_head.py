@@ -23,13 +23,7 @@ def _sequences(target, n: int, prompt_len: int = 6, new: int = 40, seed: int = 0
     return [(p + o, len(p), i % 2) for i, (p, o) in enumerate(zip(prompts, outs))]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread, above all when other jobs hold the other core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

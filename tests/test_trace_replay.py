@@ -28,13 +28,7 @@ TOP_K, MAX_DEPTH, NEW = 4, 5, 24
 SPEC = FeatureSpec(top_k=TOP_K, max_depth=MAX_DEPTH)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread on a shared, loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class RandomDepth:
