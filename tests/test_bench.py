@@ -16,7 +16,7 @@ from realrun.cli import main
 from realrun.drafters import LMDrafter
 from realrun.loading import ModelPair
 from realrun.models import LoadedModel
-from test_trace_replay import one_thread  # noqa: F401  (autouse: one torch thread)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread
 
 NEW = 12
 

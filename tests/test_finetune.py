@@ -24,7 +24,7 @@ from realrun.finetune import FinetuneConfig, RealDecoderEnv, run_finetune
 from realrun.loading import ModelPair
 from realrun.models import LoadedModel
 from realrun.trace_record import record_sequence
-from test_trace_replay import one_thread  # noqa: F401  (autouse: one torch thread)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread
 
 TOP_K, MAX_DEPTH, NEW = 3, 4, 12
 

@@ -17,7 +17,7 @@ from realrun.cli import main
 from realrun.decoder import DecodeConfig, generate
 from realrun.drafters import LMDrafter
 from realrun.trace_record import record_sequence
-from test_trace_replay import one_thread  # noqa: F401  (autouse: one torch thread)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread
 
 TOP_K, MAX_DEPTH, NEW = 3, 4, 14
 

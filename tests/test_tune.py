@@ -23,7 +23,7 @@ from realrun.drafters import LMDrafter
 from realrun.loading import ModelPair
 from realrun.models import LoadedModel
 from realrun.tune import GRID_FORMAT, run_tune
-from test_trace_replay import one_thread  # noqa: F401  (autouse: one torch thread)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread
 
 K, DEPTH = 3, 4
 ROOT = Path(__file__).resolve().parents[1]
