@@ -24,3 +24,16 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def write_json(path: str | os.PathLike, obj) -> None:
     write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def read_json(path: str | os.PathLike, option: str):
+    """Parse a JSON file named by a command-line `option`; unreadable or malformed -> one-line LTDError."""
+    from ltd_sim.errors import LTDError
+
+    p = Path(path)
+    try:
+        return json.loads(p.read_text())
+    except OSError as exc:
+        raise LTDError(f"cannot read {option} {p}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise LTDError(f"{option} {p} is not JSON: {exc}") from None

@@ -22,7 +22,7 @@ from ltd_sim.errors import LTDError
 from ltd_sim.sim import (SimResult, SimTables, autoregressive, first_stop, oracle, simulate, simulate_tables,
                          static_grid)
 
-EAGLE3 = (defaults.MAX_DEPTH, defaults.STATIC_SIZE)
+EAGLE3 = defaults.EAGLE3_SETTING
 CONFIDENCE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 SCHEDULE_START = 5  # transformers' former default num_assistant_tokens for the heuristic schedule
 

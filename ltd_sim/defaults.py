@@ -10,6 +10,7 @@ MAX_DEPTH = 8  # draft steps a cycle may take
 STATIC_SIZE = 60  # V of the static EAGLE-3 baseline (verify root + 60 tree tokens)
 # The size policy's action grid. V = 0 verifies the root alone: a plain decoding step.
 SIZE_GRID = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 60)
+EAGLE3_SETTING = (MAX_DEPTH, STATIC_SIZE)  # the static EAGLE-3 baseline's (depth, V)
 MAX_TOP_K = 64  # sanity bound for --top-k
 
 # --- generation -----------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from realrun.decoder import Clock, DecodeConfig, generate
 
 METHODS = ("ar", "eagle3", "grid", "ltd-sim", "ltd", "hf-assisted")
 DRAFTER_METHODS = ("eagle3", "grid", "ltd-sim", "ltd")
-EAGLE3 = (defaults.MAX_DEPTH, defaults.STATIC_SIZE)
+EAGLE3 = defaults.EAGLE3_SETTING
 HF_ASSISTANT_TOKENS = 5  # constant draft length of hf-assisted (transformers' former default start)
 # The measured grid sweep: a coarse grid of D <= V <= top_k * D, then the neighbours of the best few.
 SWEEP_DEPTHS = (1, 2, 3, 4, 6, 8)
@@ -184,13 +184,10 @@ def parse_grid(spec) -> tuple[int, int]:
 def grid_from_file(path: str | os.PathLike) -> tuple[int, int]:
     """(D, V) from `ltd sim eval --json` output (its best_static), a bench report.json (its grid
     method) or a plain {"depth", "size"} JSON."""
+    from ltd_sim.atomic import read_json
+
     p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except OSError as exc:
-        raise LTDError(f"cannot read --grid-from {p}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise LTDError(f"--grid-from {p} is not JSON: {exc}") from None
+    data = read_json(p, "--grid-from")
     data = data if isinstance(data, dict) else {}
     methods = data.get("methods") if isinstance(data.get("methods"), dict) else {}
     for row in (methods.get("best_static"), data.get("grid"), data):

@@ -12,13 +12,10 @@ def load_cost(path: str):
     """A cost model JSON: the profiler's fitted models, or ltd_sim's synthetic analytic model."""
     from ltd_sim.cost_model import ANALYTIC_KIND, AnalyticCostModel
 
+    from ltd_sim.atomic import read_json
+
     p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except OSError as exc:
-        raise LTDError(f"cannot read --cost {p}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise LTDError(f"--cost {p} is not JSON: {exc}") from None
+    data = read_json(p, "--cost")
     if isinstance(data, dict) and data.get("kind") == ANALYTIC_KIND:
         return AnalyticCostModel.from_json(data)
     from profiler import load_cost_model  # the profiler's fitted models (imported only when needed)
