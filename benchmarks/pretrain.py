@@ -40,12 +40,32 @@ def synthetic_tables() -> dict[str, SimTables]:
     return out
 
 
+def config_from(assignments: list[str]) -> PretrainConfig:
+    """PretrainConfig defaults with FIELD=VALUE overrides (values parsed as JSON, else as text)."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(PretrainConfig)}
+    kw = {}
+    for item in assignments:
+        name, sep, value = item.partition("=")
+        if not sep or name not in fields:
+            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(fields)}")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        kw[name] = tuple(parsed) if isinstance(parsed, list) else parsed
+    return PretrainConfig(**kw)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--traces")
     ap.add_argument("--cost")
     ap.add_argument("--synthetic", action="store_true")
     ap.add_argument("--out", default=None, help="run folder (default: a temporary one)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a PretrainConfig field (repeatable), e.g. --set stage1_steps=400000")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.synthetic == bool(args.traces and args.cost):
@@ -61,7 +81,7 @@ def main() -> None:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="ltd-pretrain-"))
     if args.out is None or not (out / "state.json").exists():
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    cfg = PretrainConfig()
+    cfg = config_from(args.set)
     t1 = time.perf_counter()
     pretrain(tables["train"], tables["val"], out, cfg)
     train_s = time.perf_counter() - t1

@@ -578,7 +578,9 @@ def ttt_loss(head, feats, tokens, labels, lens, t2d_index, steps: int, decay: fl
 @dataclass
 class TrainConfig:
     ttt_steps: int = 8
-    batch: int = 8  # sequences per optimizer step
+    # sequences (of <= `chunk` tokens) per optimizer step: on a CPU's budget many small steps beat
+    # few large ones (held-out step-1 top-1 after 300 s: .44 at batch 1-2, .35 at batch 8)
+    batch: int = 1
     lr: float = 2e-3
     min_lr_frac: float = 0.05
     warmup: int = 10
