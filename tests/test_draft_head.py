@@ -42,6 +42,24 @@ def test_features_and_labels(tiny_target, tiny_data):
     n = tiny_data.lens[row]
     # labels are the target's next tokens: in the generated span, exactly the greedy tokens
     assert (tiny_data.labels[row, 5:n - 1] == tiny_data.tokens[row, 6:n]).all()
+    assert (tiny_data.gen_start == 6).all()  # prompts of 6 tokens: the generated span starts at index 6
+
+
+def test_generated_span_agreement_counts_drafted_tokens_only(tiny_target, tiny_data):
+    """`top1_generated` scores only labels the decoder would draft (index >= gen_start), so easy
+    prompt-template positions cannot inflate it; with the span moved it counts other positions."""
+    from realrun.draft_build import evaluate, make_t2d_index
+
+    head = init_head(tiny_target, np.arange(256), seed=0)
+    t2d = make_t2d_index(head)
+    full = evaluate(head, tiny_data, t2d, 2)
+    n_valid = int(sum(tiny_data.lens - 1))  # step 1 at index i <= lens - 2 predicts label i + 1
+    drafted = int(sum(tiny_data.lens - 6))  # ... of which labels 6 .. lens - 1 are drafted tokens
+    assert full["positions"] == n_valid and full["positions_generated"] == drafted
+    moved = tiny_data.subset(np.arange(len(tiny_data)))
+    moved.gen_start = np.full(len(moved), 10**6, np.int32)  # nothing generated (teacher-forced text)
+    none = evaluate(head, moved, t2d, 2)
+    assert none["positions_generated"] == 0 and none["top1"] == full["top1"]
 
 
 def test_training_time_test_matches_inference_wiring(tiny_target):
