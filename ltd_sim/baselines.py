@@ -9,6 +9,9 @@
     threshold (DISCO's confidence stop; transformers' `assistant_confidence_threshold`);
   * `entropy_stop`: stop when the entropy of the draft distribution behind the best node exceeds a
     threshold (AdaEDL's and SVIP's entropy-based stops, from the draft's top-k log-probs);
+  * `confidence_skip`: `confidence_stop`, plus no speculation at all (V = 0: verify the root alone)
+    when the first step's best node falls under a second threshold: the cheapest way to predict
+    the cycles that would accept nothing, from the draft's own confidence;
   * `transformers_heuristic`: transformers' `num_assistant_tokens_schedule="heuristic"`: start at 5
     draft tokens, +2 after a cycle that accepted all of them, -1 (at least 1) otherwise.
 """
@@ -45,6 +48,24 @@ def confidence_stop(t: SimTables) -> tuple[SimResult, dict]:
         res, g = _best_over_sizes(t, first_stop(t.conf < thr, t.dmax))
         if best is None or res.tokens_per_s > best[0].tokens_per_s:
             best = (res, {"threshold": thr, "size": t.grid[g]})
+    return best
+
+
+SKIP_THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
+
+
+def confidence_skip(t: SimTables) -> tuple[SimResult, dict]:
+    if 0 not in t.grid:
+        raise LTDError("confidence_skip needs V = 0 in the size grid")
+    _, stop = confidence_stop(t)
+    depth_at = first_stop(t.conf < stop["threshold"], t.dmax)
+    best = None
+    for skip in SKIP_THRESHOLDS:
+        unsure = t.conf[:, 0] < skip
+        for g in range(len(t.grid)):
+            res = simulate_tables(t, depth_at, np.where(unsure, t.grid.index(0), g))
+            if best is None or res.tokens_per_s > best[0].tokens_per_s:
+                best = (res, {**stop, "size": t.grid[g], "skip_threshold": skip})
     return best
 
 
@@ -99,7 +120,8 @@ def evaluate(t: SimTables, policy_schedule: tuple[np.ndarray, np.ndarray] | None
         "eagle3": _row(grid[eagle], o_rate, a_rate, depth=eagle[0], size=eagle[1]) if eagle in grid else None,
         "best_static": _row(grid[best_key], o_rate, a_rate, depth=best_key[0], size=best_key[1]),
     }
-    for name, fn in (("confidence_stop", confidence_stop), ("entropy_stop", entropy_stop),
+    for name, fn in (("confidence_stop", confidence_stop), ("confidence_skip", confidence_skip),
+                     ("entropy_stop", entropy_stop),
                      ("transformers_heuristic", transformers_heuristic)):
         res, params = fn(t)
         methods[name] = _row(res, o_rate, a_rate, **params)

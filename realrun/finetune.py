@@ -411,7 +411,7 @@ def run_finetune(pair, policy_dir, out_dir, prompts, steps: int | None = None, m
     torch.set_num_threads(prev_threads)  # SB3's load may change it; the decoder wants its threads
 
     total = steps if steps is not None else minutes * 60.0
-    bar = tqdm(total=total, initial=min(state["steps"] if steps is not None else elapsed(), total),
+    bar = tqdm(total=round(total), initial=round(min(state["steps"] if steps is not None else elapsed(), total)),
                desc="finetune", unit="step" if steps is not None else "s", disable=not progress)
     try:
         while state["phase"] < len(phases):
@@ -433,7 +433,7 @@ def run_finetune(pair, policy_dir, out_dir, prompts, steps: int | None = None, m
                 state["seconds"] = elapsed()
                 save(ckpt, models, {"finetune": {"phase": name, "steps": state["steps"]}})
                 atomic.write_json(state_path, state)
-                bar.n = min(state["steps"] if steps is not None else state["seconds"], total)
+                bar.n = round(min(state["steps"] if steps is not None else state["seconds"], total))
                 eps = env.episodes[-3:]
                 if eps:
                     bar.set_postfix(phase=name, train_tok_s=f"{sum(e['tokens'] for e in eps) / sum(e['seconds'] for e in eps):.1f}")

@@ -133,8 +133,12 @@ def test_sim_eval_cli(traces, tmp_path, capsys):
                  "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     methods = report["methods"]
-    for name in ("oracle", "eagle3", "best_static", "confidence_stop", "entropy_stop", "transformers_heuristic"):
+    for name in ("oracle", "eagle3", "best_static", "confidence_stop", "confidence_skip", "entropy_stop",
+                 "transformers_heuristic"):
         assert set(methods[name]) >= {"tokens_per_s", "tau", "oracle_ratio"}
+        assert methods[name]["tokens_per_s"] <= methods["oracle"]["tokens_per_s"] * (1 + 1e-9)
+    # skipping (V = 0) when unsure is a superset of never skipping (skip threshold 0)
+    assert methods["confidence_skip"]["tokens_per_s"] >= methods["confidence_stop"]["tokens_per_s"] * (1 - 1e-9)
     assert "depth" in methods["best_static"] and "size" in methods["best_static"]
     assert methods["oracle"]["oracle_ratio"] == 1.0
     (tmp_path / "tr" / "seq_00002.npz").write_bytes(b"garbage")
