@@ -105,7 +105,7 @@ def main() -> None:
     print(f"\npretraining: {train_s:.1f} s (tables {build_s:.1f} s); test split: {report['sequences']} "
           f"sequences, {report['positions']} positions")
     for name, row in m.items():
-        extra = {k: v for k, v in row.items() if k in ("depth", "size", "threshold")}
+        extra = {k: v for k, v in row.items() if k in ("depth", "size", "threshold", "skip_threshold")}
         print(f"  {name:24s} {row['tokens_per_s']:9.2f} tok/s  tau {row['tau']:5.2f}  "
               f"oracle {row['oracle_ratio']:.3f}  {extra if extra else ''}")
     print(f"ltd / best static {summary['ltd_vs_best_static']:.3f}, ltd / oracle {summary['ltd_oracle_ratio']:.3f}")
