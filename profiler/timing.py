@@ -22,6 +22,26 @@ Probe = Callable[["Timer"], list]
 OUTLIER_MADS = 4.0
 
 
+def cpu_busy_fraction(seconds: float = 0.5) -> float | None:
+    """Share of all CPU time used over the next `seconds` while this process sleeps (Linux
+    /proc/stat): what other processes take. None where /proc/stat is unreadable."""
+
+    def read():
+        with open("/proc/stat") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = read()
+        time.sleep(seconds)
+        total1, idle1 = read()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total1 - total0
+    return None if total <= 0 else 1.0 - (idle1 - idle0) / total
+
+
 class Timer:
     """Marks and elapsed times on one device: CUDA events on GPU, perf_counter after sync on CPU."""
 

@@ -215,6 +215,10 @@ def pair_fingerprint(pair, draft_id: str, weights: str = "", top_k: int = defaul
     return make_fingerprint(param.device, param.dtype, model_id(pair.target.path), draft_id, weights, top_k)
 
 
+#: warn when other processes take more than this share of the CPU as a profile starts
+BUSY_WARNING = 0.25
+
+
 def run_profile(target=None, draft=None, draft_kind=None, device=None, dtype=None, preset: str = "quick",
                 out: str | Path = "runs/default", force: bool = False, progress: bool = True,
                 plots: bool = True, log=print):
@@ -227,6 +231,7 @@ def run_profile(target=None, draft=None, draft_kind=None, device=None, dtype=Non
     from ltd_sim.errors import LTDError
     from profiler import SweepSpec, Timer, load_cost_model, profile_device
     from profiler.build import MODEL_FILE
+    from profiler.timing import cpu_busy_fraction
     from realrun.loading import load_pair, set_threads
 
     try:
@@ -246,6 +251,11 @@ def run_profile(target=None, draft=None, draft_kind=None, device=None, dtype=Non
         return model, time.perf_counter() - t0, True
     log(f"profiling {fingerprint['target']} + {draft_id} ({weights}) on {fingerprint['device']}, "
         f"{fingerprint['dtype']}, sweep '{preset}'")
+    if pair.target.device.type == "cpu":
+        busy = cpu_busy_fraction()
+        if busy is not None and busy > BUSY_WARNING:
+            log(f"warning: other processes are using {100 * busy:.0f}% of the CPU; this profile will measure "
+                f"that contention (re-profile with the machine in the state it will decode in)")
     probes = DecoderProbes(pair.target.model, drafter, pair.context_limit)
     model = profile_device(probes, spec, Timer(pair.target.device), fingerprint, out, progress, plots)
     return model, time.perf_counter() - t0, False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -165,3 +166,25 @@ def test_cli_profile_registered():
 
     args = build_parser().parse_args(["profile", "--quick", "--out", "x"])
     assert args.func.__name__ == "cmd_profile" and args.quick
+
+
+def test_cpu_busy_fraction_sees_another_process():
+    """The profiler warns when other processes hold the CPU; the measure must see a spinning one."""
+    import os
+    import subprocess
+    import sys
+
+    from profiler.timing import cpu_busy_fraction
+
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("no /proc/stat on this system")
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        busy = cpu_busy_fraction(0.5)
+    finally:
+        spin.kill()
+        spin.wait()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert busy is not None and 0.0 <= busy <= 1.0
+    assert busy > 0.6 / max(cores, 1)  # one spinning core of `cores`, with slack for accounting
