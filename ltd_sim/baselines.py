@@ -54,9 +54,10 @@ def confidence_stop(t: SimTables) -> tuple[SimResult, dict]:
 SKIP_THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 
 
-def confidence_skip(t: SimTables) -> tuple[SimResult, dict]:
+def confidence_skip(t: SimTables) -> tuple[SimResult, dict] | None:
+    """None when the size grid has no V = 0 (then there is nothing to skip to)."""
     if 0 not in t.grid:
-        raise LTDError("confidence_skip needs V = 0 in the size grid")
+        return None
     _, stop = confidence_stop(t)
     depth_at = first_stop(t.conf < stop["threshold"], t.dmax)
     best = None
@@ -123,8 +124,9 @@ def evaluate(t: SimTables, policy_schedule: tuple[np.ndarray, np.ndarray] | None
     for name, fn in (("confidence_stop", confidence_stop), ("confidence_skip", confidence_skip),
                      ("entropy_stop", entropy_stop),
                      ("transformers_heuristic", transformers_heuristic)):
-        res, params = fn(t)
-        methods[name] = _row(res, o_rate, a_rate, **params)
+        found = fn(t)
+        if found is not None:
+            methods[name] = _row(found[0], o_rate, a_rate, **found[1])
     if policy_schedule is not None:
         res = simulate_tables(t, *policy_schedule)
         methods["ltd"] = _row(res, o_rate, a_rate)
