@@ -54,11 +54,13 @@ def confidence_stop(t: SimTables) -> tuple[SimResult, dict]:
 SKIP_THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 
 
-def confidence_skip(t: SimTables) -> tuple[SimResult, dict] | None:
-    """None when the size grid has no V = 0 (then there is nothing to skip to)."""
+def confidence_skip(t: SimTables, stop: dict | None = None) -> tuple[SimResult, dict] | None:
+    """`stop`: confidence_stop's chosen parameters (searched here when not given). None when the
+    size grid has no V = 0 (then there is nothing to skip to)."""
     if 0 not in t.grid:
         return None
-    _, stop = confidence_stop(t)
+    if stop is None:
+        _, stop = confidence_stop(t)
     depth_at = first_stop(t.conf < stop["threshold"], t.dmax)
     best = None
     for skip in SKIP_THRESHOLDS:
@@ -121,12 +123,12 @@ def evaluate(t: SimTables, policy_schedule: tuple[np.ndarray, np.ndarray] | None
         "eagle3": _row(grid[eagle], o_rate, a_rate, depth=eagle[0], size=eagle[1]) if eagle in grid else None,
         "best_static": _row(grid[best_key], o_rate, a_rate, depth=best_key[0], size=best_key[1]),
     }
-    for name, fn in (("confidence_stop", confidence_stop), ("confidence_skip", confidence_skip),
-                     ("entropy_stop", entropy_stop),
-                     ("transformers_heuristic", transformers_heuristic)):
-        found = fn(t)
-        if found is not None:
-            methods[name] = _row(found[0], o_rate, a_rate, **found[1])
+    stop = confidence_stop(t)
+    found = {"confidence_stop": stop, "confidence_skip": confidence_skip(t, stop[1]),  # one stop search
+             "entropy_stop": entropy_stop(t), "transformers_heuristic": transformers_heuristic(t)}
+    for name, res in found.items():
+        if res is not None:
+            methods[name] = _row(res[0], o_rate, a_rate, **res[1])
     if policy_schedule is not None:
         res = simulate_tables(t, *policy_schedule)
         methods["ltd"] = _row(res, o_rate, a_rate)
