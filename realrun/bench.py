@@ -41,6 +41,9 @@ from realrun.decoder import Clock, DecodeConfig, generate
 
 METHODS = ("ar", "eagle3", "grid", "ltd-sim", "ltd", "hf-assisted")
 DRAFTER_METHODS = ("eagle3", "grid", "ltd-sim", "ltd")
+# reference peers far slower than the contenders on a CPU: `peer_questions` may run them on fewer
+# questions (their speedup is then against ar on those same questions)
+PEER_METHODS = ("eagle3", "hf-assisted")
 EAGLE3 = defaults.EAGLE3_SETTING
 HF_ASSISTANT_TOKENS = 5  # constant draft length of hf-assisted (transformers' former default start)
 # The measured grid sweep: a coarse grid of D <= V <= top_k * D, then the neighbours of the best few.
@@ -440,6 +443,36 @@ def _summary(runs: list[tuple[Question, int, Run]], max_depth: int) -> dict:
     return out
 
 
+def paired_ratio(runs_a: list, runs_b: list, resamples: int = 2000, seed: int = 0) -> dict:
+    """Ratio of mean tokens/s of A over B on the (question, repeat) pairs both ran, with a 90% bootstrap
+    interval over questions (repeats of a question move together) and the median per-question ratio."""
+    a = {(q.qid, rep): r for q, rep, r in runs_a}
+    b = {(q.qid, rep): r for q, rep, r in runs_b}
+    keys = [k for k in a if k in b and a[k].seconds > 0 and b[k].seconds > 0]
+    if not keys:
+        return {"ratio_of_means": None, "ci90": None, "median_per_question": None, "pairs": 0}
+    qids = list(dict.fromkeys(k[0] for k in keys))
+    # per question: [tokens A, seconds A, tokens B, seconds B] summed over its repeats
+    sums = np.zeros((len(qids), 4))
+    for k in keys:
+        i = qids.index(k[0])
+        sums[i] += (len(a[k].tokens), a[k].seconds, len(b[k].tokens), b[k].seconds)
+
+    def ratio(rows):
+        t = rows.sum(0)
+        return (t[0] / t[1]) / (t[2] / t[3]) if t[1] > 0 and t[3] > 0 and t[2] > 0 else float("nan")
+
+    point = ratio(sums)
+    ci = None
+    if len(qids) >= 3:
+        rng = np.random.default_rng(seed)
+        boot = np.array([ratio(sums[rng.integers(0, len(qids), len(qids))]) for _ in range(resamples)])
+        ci = [float(np.nanpercentile(boot, 5)), float(np.nanpercentile(boot, 95))]
+    per_q = (sums[:, 0] / sums[:, 1]) / (sums[:, 2] / sums[:, 3])
+    return {"ratio_of_means": float(point), "ci90": ci, "median_per_question": float(np.median(per_q)),
+            "pairs": len(keys)}
+
+
 def device_fingerprint(pair, draft_name: str | None) -> dict:
     from profiler.model import make_fingerprint
 
@@ -462,17 +495,20 @@ def run_bench(pair, questions, methods=("ar", "eagle3", "grid"), policy_dir=None
               grid_setting=None, max_new_tokens: int = defaults.MAX_NEW_TOKENS, repeats: int = 1,
               warmups: int = 1, out_dir=None, hf_draft=None, hf_tokens: int = HF_ASSISTANT_TOKENS,
               grid_candidates=None, sweep_questions: int = SWEEP_QUESTIONS, sweep_tokens: int = SWEEP_TOKENS,
-              progress: bool = True, log=None) -> dict:
+              peer_questions: int | None = None, progress: bool = True, log=None) -> dict:
     """Benchmark `methods` on `questions` with the models of `pair` (a `realrun.loading.ModelPair`).
 
     `questions`: `Question`s, token-id lists or texts. `grid_setting`: (D, V) for `grid`; None runs a
     measured sweep (`sweep_grid`) on the first `sweep_questions` questions. `hf_draft`: a path, a
-    module, or None (a layer-skip draft from the target). Writes report.json, report.md and plots
-    into `out_dir` when given. Returns the report dict."""
+    module, or None (a layer-skip draft from the target). `peer_questions`: run the slow reference
+    peers (`PEER_METHODS`) on the first N questions only, so that the time goes to the contenders.
+    Writes report.json, report.md and plots into `out_dir` when given. Returns the report dict."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     names = parse_methods(methods)
     if max_new_tokens < 1 or repeats < 1 or warmups < 0:
         raise LTDError("--max-new-tokens and --repeats must be at least 1, --warmups at least 0")
+    if peer_questions is not None and peer_questions < 1:
+        raise LTDError(f"--peer-questions must be at least 1, got {peer_questions}")
     if "ltd" in names and not policy_dir:
         raise LTDError("method ltd needs --policy DIR (a fine-tuned policy folder)")
     if "ltd-sim" in names and not sim_policy_dir:
@@ -528,10 +564,12 @@ def run_bench(pair, questions, methods=("ar", "eagle3", "grid"), policy_dir=None
     for rep in range(repeats):
         for qi, q in enumerate(qs):
             shift = (qi + rep) % len(order)  # rotate who runs first (load bursts spread over methods)
-            for name in order[shift:] + order[:shift]:
+            here = [n for n in order[shift:] + order[:shift]
+                    if not (peer_questions is not None and n in PEER_METHODS and qi >= peer_questions)]
+            for name in here:
                 runs[name].append((q, rep, built[name](q)))
             ref = runs["ar"][-1][2].tokens
-            for name in names:
+            for name in [n for n in names if n in here]:
                 out = runs[name][-1][2].tokens
                 key = (q.qid, name, tuple(ref), tuple(out))
                 if key not in checked:
@@ -546,11 +584,11 @@ def run_bench(pair, questions, methods=("ar", "eagle3", "grid"), policy_dir=None
         pass
 
     max_depth = max([getattr(m, "cfg", DecodeConfig()).max_depth for m in built.values()] + [1])
-    ar_rate = _summary(runs["ar"], max_depth)["tokens_per_s"]
     report_methods = {}
     for name in names:
         s = _summary(runs[name], max_depth)
-        s["speedup"] = s["tokens_per_s"] / ar_rate if ar_rate else 0.0
+        s["speedup"] = paired_ratio(runs[name], runs["ar"])["ratio_of_means"]  # ar on the same questions
+        s["questions"] = len({q.qid for q, _, _ in runs[name]})
         s["lossless"] = all(m.get("near_tie") for m in mismatches[name])
         s["exact_match"] = not mismatches[name]
         s["mismatches"] = mismatches[name]
@@ -562,15 +600,20 @@ def run_bench(pair, questions, methods=("ar", "eagle3", "grid"), policy_dir=None
         for name in names:
             s = _summary([r for r in runs[name] if r[0].category == cat], max_depth)
             rows[name] = {"tokens_per_s": s["tokens_per_s"], "tau": s["tau"], "runs": s["runs"]}
-        car = rows["ar"]["tokens_per_s"]
         for name in names:
-            rows[name]["speedup"] = rows[name]["tokens_per_s"] / car if car else 0.0
+            rows[name]["speedup"] = paired_ratio([r for r in runs[name] if r[0].category == cat],
+                                                 [r for r in runs["ar"] if r[0].category == cat])["ratio_of_means"]
         categories[cat] = {"questions": sum(q.category == cat for q in qs), "methods": rows}
+    # paired comparisons (same questions and repeats) with a bootstrap interval over questions: the
+    # claim "A is x% faster than B" needs its spread on a machine whose speed drifts between runs
+    baselines = [b for b in ("grid", "ar") if b in names]
+    paired = {f"{a}/{b}": paired_ratio(runs[a], runs[b]) for b in baselines for a in names
+              if a != b and not (b == "grid" and a in ("ar",) + PEER_METHODS)}
     report = {
-        "methods": report_methods, "device": fingerprint, "categories": categories,
+        "methods": report_methods, "device": fingerprint, "categories": categories, "paired": paired,
         "grid": grid_info,
         "settings": {"max_new_tokens": max_new_tokens, "repeats": repeats, "warmups": warmups,
-                     "questions": len(qs), "methods": names, "greedy": True,
+                     "questions": len(qs), "peer_questions": peer_questions, "methods": names, "greedy": True,
                      "timing": "wall-clock perf_counter after device sync, whole generation incl. prefill",
                      "speedup": "ratio of means vs ar in the same run"},
         "runs": [{"method": n, "question": q.qid, "category": q.category, "repeat": rep,
@@ -604,15 +647,25 @@ def render_markdown(report: dict) -> str:
              f"{dev['date']}.", "",
              f"{st['questions']} questions x {st['repeats']} repeats ({st['warmups']} warm-ups per method), "
              f"greedy, at most {st['max_new_tokens']} new tokens; methods interleaved per question; "
-             f"{st['timing']}; speedup = {st['speedup']}.", "",
+             f"{st['timing']}; speedup = {st['speedup']}"
+             + (f"; {', '.join(n for n in PEER_METHODS if n in methods)} on the first {st['peer_questions']} "
+                "questions only (speedup against ar on those)" if st.get("peer_questions") else "") + ".", "",
              "| method | tok/s | speedup | tau | lossless | policy overhead | accept@1 | accept@2 | accept@3 | settings |",
              "|---|---:|---:|---:|---|---:|---:|---:|---:|---|"]
     for name, m in methods.items():
         acc = (m.get("acceptance_by_position") or []) + [None] * 3
         flag = "yes" if m["exact_match"] else ("yes (near-ties)" if m["lossless"] else "**NO**")
-        lines.append(f"| {name} | {m['tokens_per_s']:.2f} | {m['speedup']:.3f} | {_fmt(m['tau'])} | {flag} | "
+        lines.append(f"| {name} | {m['tokens_per_s']:.2f} | {_fmt(m['speedup'], '.3f')} | {_fmt(m['tau'])} | {flag} | "
                      f"{100 * m['policy_overhead']:.2f}% | {_fmt(acc[0])} | {_fmt(acc[1])} | {_fmt(acc[2])} | "
                      f"{json.dumps(m['settings'])} |")
+    if report.get("paired"):
+        lines += ["", "## Paired ratios (same questions; 90% bootstrap interval over questions)", "",
+                  "| A / B | ratio of means | 90% interval | median per question | pairs |", "|---|---:|---|---:|---:|"]
+        for key, pr in report["paired"].items():
+            ci = pr.get("ci90")
+            lines.append(f"| {key} | {_fmt(pr['ratio_of_means'], '.3f')} | "
+                         f"{'-' if not ci else f'{ci[0]:.3f} - {ci[1]:.3f}'} | "
+                         f"{_fmt(pr['median_per_question'], '.3f')} | {pr['pairs']} |")
     g = report.get("grid")
     if g:
         lines += ["", f"Grid setting: D={g['depth']}, V={g['size']} ({g['source']}"
@@ -622,7 +675,8 @@ def render_markdown(report: dict) -> str:
               "| category | questions | " + " | ".join(methods) + " |",
               "|---|---:|" + "---:|" * len(methods)]
     for cat, c in report["categories"].items():
-        cells = [f"{c['methods'][n]['speedup']:.3f} ({_fmt(c['methods'][n]['tau'])})" for n in methods]
+        cells = [f"{_fmt(c['methods'][n]['speedup'], '.3f')} ({_fmt(c['methods'][n]['tau'])})"
+                 if c["methods"][n]["runs"] else "-" for n in methods]
         lines.append(f"| {cat} | {c['questions']} | " + " | ".join(cells) + " |")
     bad = [(n, x) for n, m in methods.items() for x in m["mismatches"]]
     if bad:
@@ -654,7 +708,7 @@ def plot_report(report: dict) -> dict[str, bytes]:
     rates = [methods[n]["tokens_per_s"] for n in names]
     bars = ax.bar(names, rates, color="tab:blue")
     for b, n in zip(bars, names):
-        ax.text(b.get_x() + b.get_width() / 2, b.get_height(), f"{methods[n]['speedup']:.2f}x",
+        ax.text(b.get_x() + b.get_width() / 2, b.get_height(), f"{methods[n]['speedup'] or 0:.2f}x",
                 ha="center", va="bottom", fontsize=9)
     ax.set_ylabel("tokens/s")
     ax.set_title(f"tokens/s (speedup vs ar) - {report['device']['device']}", fontsize=9)

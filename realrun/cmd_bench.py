@@ -34,6 +34,8 @@ def add_parser(sub) -> None:
     p.add_argument("--hf-tokens", type=int, default=HF_ASSISTANT_TOKENS,
                    help="hf-assisted draft tokens per cycle (constant schedule)")
     p.add_argument("--max-new-tokens", type=int, default=defaults.MAX_NEW_TOKENS)
+    p.add_argument("--peer-questions", type=int, default=None,
+                   help="run the slow reference peers (eagle3, hf-assisted) on the first N questions only")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--warmups", type=int, default=1)
     p.add_argument("--out", default=None, help="folder for report.md, report.json, plots/ (default: no files)")
@@ -61,6 +63,8 @@ def cmd_bench(args) -> int:
             raise LTDError(f"{flag} {d}: no policy there (expected spec.json, depth.zip, size.zip)")
     if args.sweep_questions < 1 or args.sweep_tokens < 1:
         raise LTDError("--sweep-questions and --sweep-tokens must be at least 1")
+    if args.peer_questions is not None and args.peer_questions < 1:
+        raise LTDError(f"--peer-questions must be at least 1, got {args.peer_questions}")
     if args.hf_tokens < 1:
         raise LTDError(f"--hf-tokens must be at least 1, got {args.hf_tokens}")
     if args.limit is not None and args.limit < 1:
@@ -87,7 +91,7 @@ def cmd_bench(args) -> int:
                        grid_setting=grid, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
                        warmups=args.warmups, out_dir=args.out, hf_draft=args.hf_draft, hf_tokens=args.hf_tokens,
                        sweep_questions=args.sweep_questions, sweep_tokens=args.sweep_tokens,
-                       progress=not args.no_progress and not args.json)
+                       peer_questions=args.peer_questions, progress=not args.no_progress and not args.json)
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "runs"}))
         return 0
@@ -96,8 +100,12 @@ def cmd_bench(args) -> int:
     print(f"{'method':12s} {'tok/s':>8s} {'speedup':>8s} {'tau':>6s}  lossless  policy")
     for name, m in report["methods"].items():
         tau = "-" if m["tau"] is None else f"{m['tau']:.2f}"
-        print(f"{name:12s} {m['tokens_per_s']:8.2f} {m['speedup']:8.3f} {tau:>6s}  {str(m['lossless']):8s}  "
+        print(f"{name:12s} {m['tokens_per_s']:8.2f} {m['speedup'] or 0:8.3f} {tau:>6s}  {str(m['lossless']):8s}  "
               f"{100 * m['policy_overhead']:.2f}%")
+    for key, pr in report.get("paired", {}).items():
+        if key.endswith("/grid") and pr["ratio_of_means"] is not None:
+            ci = pr["ci90"]
+            print(f"{key:12s} {pr['ratio_of_means']:.3f}" + (f" (90% interval {ci[0]:.3f} - {ci[1]:.3f})" if ci else ""))
     if report.get("files"):
         print(f"report: {Path(args.out) / 'report.md'}")
     return 0

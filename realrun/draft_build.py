@@ -893,6 +893,8 @@ def build(target_path: str | os.PathLike | None = None, out: str | os.PathLike |
     feat_dir = work_dir / "features"
     feat_dir.mkdir(exist_ok=True)
     st = _load_state(work_dir) if resume else {}
+    if st.get("finished") and "train_s_in_spent" not in st:  # work folders from before it was recorded
+        st["train_s_in_spent"] = _ckpt_train_seconds(work_dir / "train_ckpt.pt")
     budget = Budget(cfg.minutes, st.get("spent_s", 0.0))
 
     def save_state(**kw):
@@ -1026,13 +1028,16 @@ def build(target_path: str | os.PathLike | None = None, out: str | os.PathLike |
     head = init_head(target, vocab_ids, cfg.seed,
                      target_name=str(getattr(target.config, "_name_or_path", "")) or Path(tpath).name)
     tcfg = cfg.train
-    # the training stage gets what is left; time a resumed checkpoint already trained is not in
-    # `budget.spent()` (state.json is saved before training) and counts against this total
-    tcfg.seconds = max(10.0, budget.left() - cfg.save_margin_s)
+    ckpt_file = work_dir / "train_ckpt.pt"
+    counted = st.get("train_s_in_spent", 0.0)
+    # the training stage's cumulative seconds: what is left, plus training that `spent_s` already
+    # counts (a finished build saved its whole wall time; an interrupted one saved it before training,
+    # so there the checkpoint's seconds count against what is left)
+    tcfg.seconds = max(10.0, budget.left() - cfg.save_margin_s + counted)
     save_state(train_seconds_target=tcfg.seconds)
     log(f"training: {sum(p.numel() for p in head.parameters()) / 1e6:.1f}M parameters, "
         f"{tcfg.ttt_steps} unrolled steps, {tcfg.seconds / 60:.1f} min")
-    state = train_head(head, trn, tcfg, val=val, ckpt=work_dir / "train_ckpt.pt", progress=progress, resume=resume)
+    state = train_head(head, trn, tcfg, val=val, ckpt=ckpt_file, progress=progress, resume=resume)
 
     # ---- 6: save --------------------------------------------------------------------------------
     save_head(head, out_dir)
@@ -1047,7 +1052,7 @@ def build(target_path: str | os.PathLike | None = None, out: str | os.PathLike |
               "ttt_steps": tcfg.ttt_steps, "final_val": last.get("val"),
               "params_m": round(sum(p.numel() for p in head.parameters()) / 1e6, 2)}
     atomic_json(out_dir / "build_report.json", report)
-    save_state(finished=True)
+    save_state(finished=True, train_s_in_spent=state.train_seconds)
     log(f"saved {out_dir} after {budget.spent() / 60:.1f} min; held-out top-1 per step "
         f"{(last.get('val') or {}).get('top1')}, on generated tokens only (what decoding drafts) "
         f"{(last.get('val') or {}).get('top1_generated')}")

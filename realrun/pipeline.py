@@ -38,19 +38,23 @@ class Budget:
     bench_questions: int
     bench_tokens: int
     bench_repeats: int
+    bench_peer_questions: int  # eagle3 and hf-assisted (slow here) run on this many of the questions
 
 
 BUDGETS = {
     "full": Budget("full", draft_minutes=30, profile_preset="quick", trace_prompts=25, trace_tokens=96,
                    stage1_steps=100_000, stage2_steps=100_000, rounds=2, finetune_minutes=1.5,
-                   grid_trials=104, bench_questions=8, bench_tokens=64, bench_repeats=1),
+                   grid_trials=104, bench_questions=16, bench_tokens=64, bench_repeats=1,
+                   bench_peer_questions=3),
     "quick": Budget("quick", draft_minutes=10, profile_preset="quick", trace_prompts=12, trace_tokens=64,
                     stage1_steps=30_000, stage2_steps=20_000, rounds=1, finetune_minutes=0.5,
-                    grid_trials=40, bench_questions=4, bench_tokens=64, bench_repeats=1),
+                    grid_trials=40, bench_questions=4, bench_tokens=64, bench_repeats=1,
+                    bench_peer_questions=2),
     # seconds, for the end-to-end test on tiny models
     "tiny": Budget("tiny", draft_minutes=0.4, profile_preset="tiny", trace_prompts=5, trace_tokens=16,
                    stage1_steps=1024, stage2_steps=512, rounds=1, finetune_minutes=0.15,
-                   grid_trials=8, bench_questions=2, bench_tokens=12, bench_repeats=1),
+                   grid_trials=8, bench_questions=2, bench_tokens=12, bench_repeats=1,
+                   bench_peer_questions=1),
 }
 
 
@@ -233,8 +237,9 @@ class Pipeline:
                                methods=("ar", "eagle3", "grid", "ltd-sim", "ltd", "hf-assisted"),
                                policy_dir=ltd_policy, sim_policy_dir=sim_policy,
                                grid_setting=grid_setting(grid_summary), max_new_tokens=b.bench_tokens,
-                               repeats=b.bench_repeats, out_dir=self.run_dir / "bench", log=self.log)
-            return {"methods": report["methods"]}
+                               repeats=b.bench_repeats, peer_questions=b.bench_peer_questions,
+                               out_dir=self.run_dir / "bench", log=self.log)
+            return {"methods": report["methods"], "paired": report["paired"]}
 
         self.stage("bench", {"budget": asdict(b), "ltd": digest(ltd_policy), "sim": digest(sim_policy),
                              "grid": list(grid_setting(grid_summary))}, bench)
@@ -272,6 +277,11 @@ def write_report(run_dir: Path, budget: Budget, summaries: dict) -> Path:
         for name, row in bench.items():
             lines.append(f"| {name} | {row['tokens_per_s']:.2f} | {row['speedup']:.3f} | {row['tau']:.2f} | "
                          f"{row['lossless']} |")
+        for key, pr in summaries.get("bench", {}).get("paired", {}).items():
+            if key.endswith("/grid") and pr.get("ratio_of_means") is not None:
+                ci = pr.get("ci90")
+                lines += ["", f"{key} (paired, same questions): {pr['ratio_of_means']:.3f}"
+                          + (f", 90% bootstrap interval over questions {ci[0]:.3f} - {ci[1]:.3f}" if ci else "")]
         lines += ["", "Plots and per-category tables: [bench/report.md](bench/report.md)."]
     text = "\n".join(lines) + "\n"
     write_bytes(run_dir / "report.md", text.encode())

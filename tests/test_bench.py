@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ltd_sim.errors import LTDError
-from realrun.bench import Question, check_equal, grid_from_file, run_bench
+from realrun.bench import Question, Run, check_equal, grid_from_file, paired_ratio, run_bench
 from realrun.cli import main
 from realrun.drafters import LMDrafter
 from realrun.loading import ModelPair
@@ -97,6 +97,39 @@ def test_grid_sweep_picks_a_measured_setting(pair):
     best = max((r for r in g["sweep"] if "tokens_per_s" in r), key=lambda r: r["tokens_per_s"])
     assert (g["depth"], g["size"]) == (best["depth"], best["size"])
     assert rep["methods"]["grid"]["lossless"]
+
+
+def test_peers_on_fewer_questions_and_paired_ratios(pair):
+    qs = questions() + [Question("q2", "chat", [5, 6, 7, 8, 9, 10])]
+    rep = run_bench(pair, qs, "ar,eagle3,grid", grid_setting=(1, 1), max_new_tokens=6, repeats=1, warmups=0,
+                    peer_questions=1, progress=False)
+    m = rep["methods"]
+    assert m["ar"]["questions"] == m["grid"]["questions"] == 3 and m["eagle3"]["questions"] == 1
+    assert m["eagle3"]["runs"] == 1 and m["eagle3"]["lossless"]
+    ar_q0 = next(r for r in rep["runs"] if r["method"] == "ar" and r["question"] == "q0")
+    e_q0 = next(r for r in rep["runs"] if r["method"] == "eagle3")
+    assert e_q0["question"] == "q0"  # speedup against ar on that question alone
+    assert m["eagle3"]["speedup"] == pytest.approx((e_q0["tokens"] / e_q0["seconds"]) /
+                                                   (ar_q0["tokens"] / ar_q0["seconds"]))
+    assert rep["categories"]["code"]["methods"]["eagle3"]["runs"] == 0  # q1 (code) ran no peer
+    assert set(rep["paired"]) == {"grid/ar", "eagle3/ar"}  # peers are not compared with grid
+    assert rep["paired"]["grid/ar"]["pairs"] == 3 and rep["paired"]["grid/ar"]["ci90"] is not None
+    with pytest.raises(LTDError, match="--peer-questions"):
+        run_bench(pair, qs, "ar", peer_questions=0)
+
+
+def test_paired_ratio_and_its_interval():
+    qs = [Question(f"q{i}", "c", [1]) for i in range(6)]
+    fast = [(q, 0, Run(tokens=[0] * 10, seconds=1.0 + i)) for i, q in enumerate(qs)]
+    slow = [(q, 0, Run(tokens=[0] * 10, seconds=2.0 * (1.0 + i))) for i, q in enumerate(qs)]
+    pr = paired_ratio(fast, slow)
+    assert pr["ratio_of_means"] == pytest.approx(2.0) and pr["median_per_question"] == pytest.approx(2.0)
+    assert pr["ci90"] == pytest.approx([2.0, 2.0]) and pr["pairs"] == 6
+    noisy = [(q, 0, Run(tokens=[0] * 10, seconds=(1.0 + i) * (1.5 if i % 2 else 2.5))) for i, q in enumerate(qs)]
+    pr = paired_ratio(fast, noisy)
+    lo, hi = pr["ci90"]
+    assert lo < pr["ratio_of_means"] < hi and 1.5 <= lo and hi <= 2.5
+    assert paired_ratio(fast[:2], slow[3:])["ratio_of_means"] is None  # no question in common
 
 
 def test_equality_check_measures_mismatches(tiny_target):
