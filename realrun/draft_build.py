@@ -1005,6 +1005,11 @@ def build(target_path: str | os.PathLike | None = None, out: str | os.PathLike |
     prompt_counts = Counter(t for ids, _ in encoded for t in ids)
     always = template_ids | {t for t, c in prompt_counts.most_common(1024)}
     vocab_ids = choose_draft_vocab(counts + prompt_counts, cfg.draft_vocab, always, target.config.vocab_size)
+    vocab_file = work_dir / "vocab.npy"
+    if resume and vocab_file.is_file():  # a resumed build keeps the vocabulary its checkpoint was trained on
+        vocab_ids = np.load(vocab_file)
+    else:
+        _atomic_write_bytes(vocab_file, lambda t: np.save(open(t, "wb"), vocab_ids))
     t2d = np.zeros(target.config.vocab_size, dtype=bool)
     t2d[vocab_ids] = True
     cov = {}
@@ -1020,11 +1025,6 @@ def build(target_path: str | os.PathLike | None = None, out: str | os.PathLike |
                      "coverage": cov})
 
     # ---- 5: training --------------------------------------------------------------------------
-    vocab_file = work_dir / "vocab.npy"
-    if resume and vocab_file.is_file():
-        vocab_ids = np.load(vocab_file)
-    else:
-        _atomic_write_bytes(vocab_file, lambda t: np.save(open(t, "wb"), vocab_ids))
     head = init_head(target, vocab_ids, cfg.seed,
                      target_name=str(getattr(target.config, "_name_or_path", "")) or Path(tpath).name)
     tcfg = cfg.train
