@@ -1,7 +1,8 @@
 """Benchmark a trained EAGLE-3 draft head on prompts it never trained on.
 
   python benchmarks/draft_head.py [--draft DIR] [--target PATH] [--questions spec_bench.jsonl] \
-      [--per-category 3] [--humaneval 10] [--max-new-tokens 96] [--minutes 15] [--out report.json]
+      [--per-category 3] [--humaneval 10] [--max-new-tokens 96] [--minutes 15] [--side-by-side 6] \
+      [--static D,V] [--out report.json]
 
 1. Static EAGLE-3 setting (top-k 10, depth 8, V 60), greedy, on HumanEval 80-163 (code) and every
    Spec-Bench category (when the question file is there): mean tau per category and per-level
@@ -82,6 +83,48 @@ def verify_costs(target, sizes, context: int = 160, reps: int = 3) -> dict[int, 
     return out
 
 
+def side_by_side(args, pair, order, best: dict, k: int, eagle: tuple[int, int]) -> dict:
+    """AR vs the best static setting vs the EAGLE-3 default, same prompts, the order of the three rotated
+    per prompt (so that none always runs first, after the previous prompt's slowest method)."""
+    from realrun.bench import Question, Run, paired_ratio
+    from realrun.decoder import DecodeConfig, generate
+    from realrun.models import encode_prompt
+
+    target, tok = pair.target.model, pair.target.tokenizer
+    runs = {"ar": None, "best": (best["depth"], best["size"]), "eagle_10_8_60": eagle}
+    timed = defaultdict(list)  # name -> [(Question, 0, Run)]
+    mismatches = 0
+    picks = [order[i] for i in np.linspace(0, len(order) - 1, min(args.side_by_side, len(order))).astype(int)]
+    print(f"\nside by side on {len(picks)} prompts, order rotated per prompt ...", flush=True)
+    names = list(runs)
+    for pi, (cat, prompt) in enumerate(picks):
+        ids = encode_prompt(tok, prompt)
+        q = Question(f"p{pi}", cat, ids)
+        outs = {}
+        for name in names[pi % 3:] + names[:pi % 3]:
+            setting = runs[name]
+            if setting is None:
+                r = generate(target, ids, None, DecodeConfig(max_new_tokens=args.max_new_tokens),
+                             eos_ids=pair.eos_ids, context_limit=pair.context_limit)
+            else:
+                d, v = setting
+                r = generate(target, ids, pair.drafter, DecodeConfig(max_new_tokens=args.max_new_tokens, top_k=k,
+                                                                     max_depth=d),
+                             StaticDepth(d), StaticSize(v), eos_ids=pair.eos_ids, context_limit=pair.context_limit)
+            outs[name] = r.token_ids
+            timed[name].append((q, 0, Run(tokens=r.token_ids, seconds=r.wall_s)))
+        mismatches += sum(outs[n] != outs["ar"] for n in outs if n != "ar")
+    rate = {n: sum(len(r.tokens) for _, _, r in v) / sum(r.seconds for _, _, r in v) for n, v in timed.items()}
+    print("tokens/s (total tokens / total wall):", {n: round(v, 2) for n, v in rate.items()})
+    speedup = {n: round(rate[n] / rate["ar"], 3) for n in rate if n != "ar"}
+    paired = paired_ratio(timed["best"], timed["ar"])
+    ci = paired["ci90"]
+    print("speedup vs autoregressive:", speedup, f"(outputs differing from AR: {mismatches}); best/ar median per "
+          f"prompt {paired['median_per_question']:.3f}" + (f", 90% interval {ci[0]:.3f} - {ci[1]:.3f}" if ci else ""))
+    return {"best_static": best, "tokens_per_s": rate, "speedup_vs_ar": speedup, "paired_best_vs_ar": paired,
+            "side_by_side_prompts": len(picks), "outputs_differing_from_ar": mismatches}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--draft", default="default")
@@ -92,8 +135,12 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--side-by-side", type=int, default=6, help="prompts for the AR vs best-static timing")
     ap.add_argument("--minutes", type=float, default=15.0, help="stop adding prompts after this long")
+    ap.add_argument("--static", default=None, metavar="D,V",
+                    help="skip the tau and replay parts: time this static setting against AR side by side")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.static:
+        args.static = tuple(int(x) for x in args.static.split(","))
 
     from realrun.decoder import DecodeConfig, generate
     from realrun.loading import load_pair, set_threads
@@ -112,6 +159,16 @@ def main(argv=None) -> int:
     for i in range(max(len(v) for v in by_cat.values())):
         order += [(c, v[i]) for c, v in by_cat.items() if i < len(v)]
     k, depth, size = defaults.TOP_K, defaults.MAX_DEPTH, defaults.STATIC_SIZE
+    if args.static:
+        best = {"depth": args.static[0], "size": args.static[1], "source": "--static"}
+        report = side_by_side(args, pair, order, best, k, (depth, size))
+        report.update(wall_s=round(time.monotonic() - t_start, 1), threads=torch.get_num_threads(),
+                      load_avg=os.getloadavg())
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(report, indent=1))
+        print(json.dumps({k: report[k] for k in ("best_static", "speedup_vs_ar", "paired_best_vs_ar")}))
+        return 0
     cfg = DecodeConfig(max_new_tokens=args.max_new_tokens, top_k=k, max_depth=depth)
     records = []  # per cycle: (category, tree, continuation, draft_s)
     per_cat = defaultdict(list)
@@ -176,43 +233,14 @@ def main(argv=None) -> int:
           f"best predicted static: depth {best['depth']}, V {best['size']}, tau {best['tau']}, "
           f"predicted {best['pred_speedup']:.2f}x")
 
-    # ---- side by side: AR vs best static vs the EAGLE-3 default -----------------------------------
-    runs = {"ar": None, "best": (best["depth"], best["size"]), "eagle_10_8_60": (depth, size)}
-    tps = defaultdict(list)
-    toks = defaultdict(int)
-    secs = defaultdict(float)
-    mismatches = 0
-    picks = [order[i] for i in np.linspace(0, len(order) - 1, min(args.side_by_side, len(order))).astype(int)]
-    print(f"\nside by side on {len(picks)} prompts ...", flush=True)
-    for cat, prompt in picks:
-        ids = encode_prompt(tok, prompt)
-        outs = {}
-        for name, setting in runs.items():
-            if setting is None:
-                r = generate(target, ids, None, DecodeConfig(max_new_tokens=args.max_new_tokens),
-                             eos_ids=pair.eos_ids, context_limit=pair.context_limit)
-            else:
-                d, v = setting
-                r = generate(target, ids, pair.drafter, DecodeConfig(max_new_tokens=args.max_new_tokens, top_k=k,
-                                                                     max_depth=d),
-                             StaticDepth(d), StaticSize(v), eos_ids=pair.eos_ids, context_limit=pair.context_limit)
-            outs[name] = r.token_ids
-            toks[name] += len(r.token_ids)
-            secs[name] += r.wall_s
-            tps[name].append(r.tokens_per_s)
-        mismatches += sum(outs[n] != outs["ar"] for n in outs if n != "ar")
-    rate = {n: toks[n] / secs[n] for n in runs if secs[n] > 0}
-    print("tokens/s (total tokens / total wall):", {n: round(v, 2) for n, v in rate.items()})
-    speedup = {n: round(rate[n] / rate["ar"], 3) for n in rate if n != "ar"}
-    print("speedup vs autoregressive:", speedup, f"(outputs differing from AR: {mismatches})")
+    sbs = side_by_side(args, pair, order, best, k, (depth, size))
 
     report = {"tau_per_category": tau_cat, "tau_code": tau_cat.get("humaneval"),
               "tau_spec_bench_mean": round(tau_spec_mean, 3), "per_level_acceptance": levels,
               "per_level_acceptance_code": levels_code, "cycles": len(records),
               "draft_step_ms": round(step * 1e3, 2), "overhead_ms": round(over * 1e3, 2),
               "verify_ms": {v: round(c * 1e3, 2) for v, c in vcost.items()}, "static_grid_top10": grid[:10],
-              "best_static": best, "tokens_per_s": rate, "speedup_vs_ar": speedup,
-              "outputs_differing_from_ar": mismatches, "max_new_tokens": args.max_new_tokens,
+              **sbs, "max_new_tokens": args.max_new_tokens,
               "wall_s": round(time.monotonic() - t_start, 1), "threads": torch.get_num_threads(),
               "load_avg": os.getloadavg()}
     if args.out:
