@@ -445,7 +445,8 @@ def _summary(runs: list[tuple[Question, int, Run]], max_depth: int) -> dict:
 
 def paired_ratio(runs_a: list, runs_b: list, resamples: int = 2000, seed: int = 0) -> dict:
     """Ratio of mean tokens/s of A over B on the (question, repeat) pairs both ran, with a 90% bootstrap
-    interval over questions (repeats of a question move together) and the median per-question ratio."""
+    interval over questions (repeats of a question move together; `resamples=0`: none) and the median
+    per-question ratio."""
     a = {(q.qid, rep): r for q, rep, r in runs_a}
     b = {(q.qid, rep): r for q, rep, r in runs_b}
     keys = [k for k in a if k in b and a[k].seconds > 0 and b[k].seconds > 0]
@@ -464,7 +465,7 @@ def paired_ratio(runs_a: list, runs_b: list, resamples: int = 2000, seed: int = 
 
     point = ratio(sums)
     ci = None
-    if len(qids) >= 3:
+    if len(qids) >= 3 and resamples > 0:
         rng = np.random.default_rng(seed)
         boot = np.array([ratio(sums[rng.integers(0, len(qids), len(qids))]) for _ in range(resamples)])
         ci = [float(np.nanpercentile(boot, 5)), float(np.nanpercentile(boot, 95))]
@@ -587,7 +588,7 @@ def run_bench(pair, questions, methods=("ar", "eagle3", "grid"), policy_dir=None
     report_methods = {}
     for name in names:
         s = _summary(runs[name], max_depth)
-        s["speedup"] = paired_ratio(runs[name], runs["ar"])["ratio_of_means"]  # ar on the same questions
+        s["speedup"] = paired_ratio(runs[name], runs["ar"], resamples=0)["ratio_of_means"]  # ar on the same questions
         s["questions"] = len({q.qid for q, _, _ in runs[name]})
         s["lossless"] = all(m.get("near_tie") for m in mismatches[name])
         s["exact_match"] = not mismatches[name]
@@ -602,7 +603,8 @@ def run_bench(pair, questions, methods=("ar", "eagle3", "grid"), policy_dir=None
             rows[name] = {"tokens_per_s": s["tokens_per_s"], "tau": s["tau"], "runs": s["runs"]}
         for name in names:
             rows[name]["speedup"] = paired_ratio([r for r in runs[name] if r[0].category == cat],
-                                                 [r for r in runs["ar"] if r[0].category == cat])["ratio_of_means"]
+                                                 [r for r in runs["ar"] if r[0].category == cat],
+                                                 resamples=0)["ratio_of_means"]
         categories[cat] = {"questions": sum(q.category == cat for q in qs), "methods": rows}
     # paired comparisons (same questions and repeats) with a bootstrap interval over questions: the
     # claim "A is x% faster than B" needs its spread on a machine whose speed drifts between runs
