@@ -19,6 +19,11 @@ def add_parser(sub) -> None:
     b.add_argument("--work", default=None, help="work folder (default: beside --out)")
     b.add_argument("--draft-vocab", type=int, default=8192, help="reduced draft vocabulary size")
     b.add_argument("--ttt-steps", type=int, default=None, help="unrolled training steps (default: the tree depth)")
+    b.add_argument("--gen-fraction", type=float, default=None,
+                   help="share of the budget by which generation ends (default 0.33; of the new minutes "
+                   "when a finished build is given more)")
+    b.add_argument("--data-fraction", type=float, default=None,
+                   help="share by which all data (features, extra teacher-forced text) is made (default 0.47)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.add_argument("--json", action="store_true", help="print the build report as JSON")
@@ -38,6 +43,11 @@ def cmd_draft_build(args) -> int:
         raise LTDError(f"--ttt-steps must be in 1..16, got {steps}")
     cfg = BuildConfig(minutes=args.minutes, draft_vocab=args.draft_vocab, seed=args.seed,
                       train=TrainConfig(ttt_steps=steps, seed=args.seed))
+    gen = cfg.gen_fraction if args.gen_fraction is None else args.gen_fraction
+    data = cfg.data_fraction if args.data_fraction is None else args.data_fraction
+    if not 0 <= gen <= data < 1:
+        raise LTDError(f"need 0 <= --gen-fraction <= --data-fraction < 1, got {gen} and {data}")
+    cfg.gen_fraction, cfg.data_fraction = gen, data
     report = build(args.target, args.out, cfg, resume=args.resume, work=args.work, progress=not args.quiet)
     if args.json:
         print(json.dumps(report))

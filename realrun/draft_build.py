@@ -85,10 +85,15 @@ def atomic_torch(path: Path, obj) -> None:
 
 
 class Budget:
-    """Wall-clock budget of the whole build, carried across resumes (`spent` is saved)."""
+    """Wall-clock budget of the whole build, carried across resumes (`spent` is saved).
 
-    def __init__(self, minutes: float, spent_s: float = 0.0):
+    `origin_s`: where the stage fractions start. 0 for a fresh build (and an interrupted one
+    resumed); when a finished build is extended with more minutes, the spent seconds at that
+    point, so that the new minutes are split into generation, data and training like a build's."""
+
+    def __init__(self, minutes: float, spent_s: float = 0.0, origin_s: float = 0.0):
         self.total = minutes * 60.0
+        self.origin = min(origin_s, self.total)
         self.t0 = time.monotonic() - spent_s
 
     def spent(self) -> float:
@@ -98,8 +103,8 @@ class Budget:
         return self.total - self.spent()
 
     def until(self, fraction: float) -> float:
-        """Seconds left until `fraction` of the total budget is spent (may be negative)."""
-        return fraction * self.total - self.spent()
+        """Seconds left until `fraction` of the budget past `origin` is spent (may be negative)."""
+        return self.origin + fraction * (self.total - self.origin) - self.spent()
 
 
 def _progress(total=None, desc="", unit="it", disable=False):
@@ -307,6 +312,75 @@ def build_prompts(seed: int = 0) -> list[tuple[str, int]]:
     return prompts
 
 
+LONG_TASKS = {
+    "summarize": ["Summarize the following text in a few sentences.", "Write a one-paragraph summary of this "
+                  "document.", "Give a short summary of the text below as three bullet points.",
+                  "TL;DR the following passage for a busy reader."],
+    "rewrite": ["Rewrite the following passage for a reader who does not program.",
+                "Rewrite this text in a friendlier tone, keeping every fact."],
+    "extract": ["Extract every function, class or keyword name mentioned in the text below and return "
+                "them as a JSON list.", "List the key facts stated in the text below as bullet points.",
+                "From the text below, extract the rules it states, one per line."],
+    "qa": ["What is the main point of the passage below, and what example does it give?",
+           "According to the passage below, what should a programmer be careful about?",
+           "Read the passage below and explain its most important term in your own words."],
+}
+
+
+def _paragraph(text: str, rng: random.Random, lo: int, hi: int) -> str:
+    """A run of whole lines of `text` of lo..hi characters (from a random line)."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    start = rng.randrange(max(1, len(lines) - 3))
+    out = ""
+    for ln in lines[start:]:
+        if len(out) + len(ln) > hi:
+            break
+        out += ln + "\n"
+    if len(out) < lo:
+        out = "\n".join(lines)[:hi]
+    return out.strip()
+
+
+def build_long_prompts(seed: int = 0) -> list[tuple[str, int]]:
+    """Long-input prompts (summarize, rewrite, extract, QA over a passage, answer from retrieved
+    documents, translate a paragraph): chat benchmarks' weakest categories are tasks of this shape,
+    which the short prompts of `build_prompts` do not cover. Local sources only (pydoc topics and
+    standard-library docstrings); shuffled deterministically."""
+    rng = random.Random(seed + 2)
+    topics = _pydoc_topics()
+    docs = [(name, doc) for name, doc, _ in _stdlib_objects() if len(doc) > 400]
+    rng.shuffle(docs)
+    passages = [text for _, text in topics] + [doc for _, doc in docs[:300]]
+    prompts: list[tuple[str, int]] = []
+    for i, text in enumerate(passages):
+        passage = _paragraph(text, rng, 600, 2200)
+        if len(passage) < 300:
+            continue
+        kind = ("summarize", "extract", "qa", "rewrite", "summarize", "qa")[i % 6]
+        task = rng.choice(LONG_TASKS[kind])
+        prompts.append((f"{task}\n\n{passage}", SRC_GEN_CHAT))
+    # answers from retrieved documents: the relevant docstring among distractors
+    for i in range(min(200, len(docs))):
+        name, doc = docs[i]
+        others = rng.sample(docs, 2)
+        chosen = [(name, doc)] + [o for o in others if o[0] != name]
+        rng.shuffle(chosen)
+        body = "\n\n".join(f"Document {j + 1} ({n}):\n{d[:700]}" for j, (n, d) in enumerate(chosen))
+        q = rng.choice([f"What does `{name}` do?", f"When would I use `{name}`, and what does it return?",
+                        f"Which document describes `{name.split('.')[-1]}`, and what does it say?"])
+        prompts.append((f"Use the documents below to answer the question.\n\n{body}\n\nQuestion: {q}",
+                        SRC_GEN_CHAT))
+    # paragraph translation (several sentences at once)
+    sentences = _sentences([t for _, t in topics] + [d for _, d in docs], rng, 600)
+    for i in range(0, min(len(sentences), 480), 4):
+        para = " ".join(sentences[i:i + 4])
+        prompts.append((f"Translate the following text into {rng.choice(LANGS)}:\n\n{para}", SRC_GEN_CHAT))
+    rng.shuffle(prompts)
+    return prompts
+
+
 def teacher_texts(seed: int = 0) -> list[tuple[str, str, int]]:
     """(user, assistant text, source) pairs of local text, teacher-forced through the chat template."""
     rng = random.Random(seed + 1)
@@ -356,20 +430,26 @@ def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int, eos_id
 
 @torch.no_grad()
 def extract_features(model, seqs: list[list[int]], layers: list[int], chunk: int):
-    """Teacher-forced pass over sequences (each <= chunk tokens): (features f16 [B, chunk, F],
-    argmax labels int32 [B, chunk]) for a batch; pads on the right."""
+    """Teacher-forced pass over a batch of sequences (right padding): (features f16 [B, chunk, F],
+    argmax labels int32 [B, chunk]) of each sequence's last `chunk` positions (all of it when it is
+    shorter). A longer sequence is run whole, so that the stored window's features have seen the
+    whole context (a long prompt before a response), as they have at inference."""
     device = next(model.parameters()).device
     b = len(seqs)
-    ids = torch.zeros((b, chunk), dtype=torch.long)
-    mask = torch.zeros((b, chunk), dtype=torch.long)
+    width = max(chunk, max(len(s) for s in seqs))
+    ids = torch.zeros((b, width), dtype=torch.long)
+    mask = torch.zeros((b, width), dtype=torch.long)
     for row, s in enumerate(seqs):
         ids[row, :len(s)] = torch.tensor(s)
         mask[row, :len(s)] = 1
     out = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True,
                 use_cache=False)
-    feats = torch.cat([out.hidden_states[i] for i in layers], dim=-1).to(torch.float16).cpu().numpy()
-    labels = out.logits.argmax(-1).to(torch.int32).cpu().numpy()
-    return feats, labels
+    starts = [max(len(s) - chunk, 0) for s in seqs]
+    rows = torch.arange(b)[:, None]
+    cols = torch.as_tensor(starts)[:, None] + torch.arange(chunk)[None]
+    feats = torch.cat([out.hidden_states[i][rows, cols] for i in layers], dim=-1)
+    labels = out.logits[rows, cols].argmax(-1).to(torch.int32).cpu().numpy()
+    return feats.to(torch.float16).cpu().numpy(), labels
 
 
 # ============================================================================================
@@ -406,10 +486,17 @@ class FeatureData:
                            self.gen_start[idx])
 
 
-def pack_sequences(items: list[tuple[list[int], int, int]], chunk: int) -> list[tuple[list[int], int, int]]:
-    """Split (token ids, generated-span start, src) into pieces of at most `chunk` tokens."""
+def pack_sequences(items: list[tuple[list[int], int, int]], chunk: int,
+                   max_context: int = 0) -> list[tuple[list[int], int, int]]:
+    """Split (token ids, generated-span start, src) into pieces of at most `chunk` tokens.
+
+    An item of at most `max_context` tokens is kept whole instead: `extract_features` runs all of
+    it and stores its last `chunk` positions (a long prompt's tail and the response after it)."""
     out = []
     for ids, gen_start, src in items:
+        if chunk < len(ids) <= max_context:
+            out.append((ids, gen_start, src))
+            continue
         for start in range(0, max(len(ids) - 1, 1), chunk - 1):
             piece = ids[start:start + chunk]
             if len(piece) >= 4:
@@ -418,10 +505,14 @@ def pack_sequences(items: list[tuple[list[int], int, int]], chunk: int) -> list[
 
 
 def featurize(model, items, layers, chunk, batch, out_dir: Path, shard_index: int,
-              max_seconds: float | None = None, progress: bool = True) -> tuple[int, int]:
+              max_seconds: float | None = None, progress: bool = True, max_context: int = 0) -> tuple[int, int]:
     """Feature shards for (ids, gen_start, src) items. Generated spans (index >= gen_start) take the
-    exact generated next token as label. Returns (items done, positions stored)."""
-    pieces = pack_sequences(items, chunk)
+    exact generated next token as label. Items longer than `chunk` but at most `max_context` tokens
+    keep their last `chunk` tokens (features over all of them); longer ones are split.
+    Returns (items done, positions stored)."""
+    pieces = pack_sequences(items, chunk, max_context)
+    # the stored window of a whole-kept item: its last `chunk` tokens
+    pieces = [(ids[-chunk:], gen_start - max(len(ids) - chunk, 0), src, ids) for ids, gen_start, src in pieces]
     t0 = time.monotonic()
     done_items = 0
     positions = 0
@@ -430,11 +521,10 @@ def featurize(model, items, layers, chunk, batch, out_dir: Path, shard_index: in
         if max_seconds is not None and time.monotonic() - t0 > max_seconds:
             break
         group = pieces[b0:b0 + batch]
-        seqs = [g[0] for g in group]
-        feats, labels = extract_features(model, seqs, layers, chunk)
+        feats, labels = extract_features(model, [g[3] for g in group], layers, chunk)
         tokens = np.zeros((len(group), chunk), dtype=np.int32)
         lens = np.zeros(len(group), dtype=np.int32)
-        for row, (ids, gen_start, _src) in enumerate(group):
+        for row, (ids, gen_start, _src, _whole) in enumerate(group):
             n = len(ids)
             tokens[row, :n] = ids
             lens[row] = n
@@ -855,6 +945,7 @@ class BuildConfig:
     minutes: float = 30.0
     draft_vocab: int = 8192
     chunk: int = 320  # tokens per stored sequence
+    long_prompt_tokens: int = 704  # long-input prompts up to this many tokens (stored: their last `chunk`)
     max_new_tokens: int = 128
     gen_batch: int = 48
     feat_batch: int = 8
@@ -895,7 +986,11 @@ def build(target_path: str | os.PathLike | None = None, out: str | os.PathLike |
     st = _load_state(work_dir) if resume else {}
     if st.get("finished") and "train_s_in_spent" not in st:  # work folders from before it was recorded
         st["train_s_in_spent"] = _ckpt_train_seconds(work_dir / "train_ckpt.pt")
-    budget = Budget(cfg.minutes, st.get("spent_s", 0.0))
+    if st.get("finished") and cfg.minutes * 60.0 > st.get("spent_s", 0.0):
+        # a finished build given more minutes: split the new minutes into stages like a build's
+        st["extend_origin_s"] = st["spent_s"]
+        st["finished"] = False
+    budget = Budget(cfg.minutes, st.get("spent_s", 0.0), st.get("extend_origin_s", 0.0))
 
     def save_state(**kw):
         st.update(kw)
@@ -918,13 +1013,23 @@ def build(target_path: str | os.PathLike | None = None, out: str | os.PathLike |
     prompts = build_prompts(cfg.seed)
     encoded = [(encode_prompt(tok, p), src) for p, src in prompts]
     encoded = [(ids, src) for ids, src in encoded if len(ids) <= cfg.chunk - 32]
+    n_short = len(encoded)
+    # the long-input prompts come after all short ones (so that a resumed build's batches keep
+    # their order), in batches of similar length (less padding), batch order shuffled
+    long_encoded = [(encode_prompt(tok, p), src) for p, src in build_long_prompts(cfg.seed)]
+    long_encoded = sorted((e for e in long_encoded if len(e[0]) <= cfg.long_prompt_tokens), key=lambda e: len(e[0]))
+    encoded += long_encoded
     gen_file = work_dir / "generated.json"
     gen = json.loads(gen_file.read_text()) if gen_file.is_file() else {"done": 0, "items": [], "seconds": 0.0}
     if budget.until(cfg.gen_fraction) > 0:  # a resumed build with a larger budget generates more
         # sort batches by prompt length (less padding), keep the shuffled order across batches
-        order = list(range(len(encoded)))
+        order = list(range(n_short))
         batches = [order[i:i + cfg.gen_batch] for i in range(0, len(order), cfg.gen_batch)]
         batches = [sorted(b, key=lambda i: len(encoded[i][0])) for b in batches]
+        long_batches = [list(range(i, min(i + cfg.gen_batch, len(encoded))))
+                        for i in range(n_short, len(encoded), cfg.gen_batch)]
+        random.Random(cfg.seed).shuffle(long_batches)
+        batches += long_batches
         bar = _progress(total=len(batches), desc="generate", unit="batch", disable=not progress)
         bar.update(gen["done"])
         rate = None
@@ -957,7 +1062,7 @@ def build(target_path: str | os.PathLike | None = None, out: str | os.PathLike |
         feat_model = load_causal_lm(tpath, dtype=fdtype, with_tokenizer=False).model
     t_feat = time.monotonic()
 
-    def featurize_blocks(items, key: str, deadline_fraction: float | None, label: str):
+    def featurize_blocks(items, key: str, deadline_fraction: float | None, label: str, max_context: int = 0):
         """Featurize items in blocks, recording progress item-exactly under `key` (resumable)."""
         start = st.get(key, 0)
         block = 64
@@ -966,7 +1071,7 @@ def build(target_path: str | os.PathLike | None = None, out: str | os.PathLike |
                 break
             shard = len(list(feat_dir.glob("feat_*.npz")))
             featurize(feat_model, items[b0:b0 + block], layers, cfg.chunk, cfg.feat_batch, feat_dir, shard,
-                      progress=False)
+                      progress=False, max_context=max_context)
             save_state(**{key: min(b0 + block, len(items))})
             if progress:
                 print(f"\r{label}: {min(b0 + block, len(items))}/{len(items)} sequences, "
@@ -976,7 +1081,7 @@ def build(target_path: str | os.PathLike | None = None, out: str | os.PathLike |
 
     if st.get("gen_feat_items", 0) < len(gen["items"]):
         featurize_blocks([(ids, p, src) for ids, p, src in gen["items"]], "gen_feat_items", None,
-                         "features of generated text")
+                         "features of generated text", max_context=cfg.long_prompt_tokens + cfg.max_new_tokens)
     if budget.until(cfg.data_fraction) > 5:
         tf_items = []
         for user, text, src in teacher_texts(cfg.seed):

@@ -140,3 +140,56 @@ def test_cli_registers_draft_build():
 
     args = build_parser().parse_args(["draft", "build", "--minutes", "2", "--resume"])
     assert args.minutes == 2 and args.resume and callable(args.func)
+
+
+def test_long_item_keeps_its_last_window_with_full_context(tiny_target, tmp_path):
+    """An item longer than `chunk` (a long prompt and its response) is stored as its last `chunk`
+    positions, with features of a forward over the whole item: at inference the head's features
+    have seen the whole prompt too. Beyond `max_context`, items are split as before."""
+    layers = aux_layer_ids(tiny_target.config.num_hidden_layers)
+    (ids, gen_start, src), = _sequences(tiny_target, 1, prompt_len=50, new=30, seed=3)
+    n, chunk = len(ids), 32
+    featurize(tiny_target, [(ids, gen_start, src)], layers, chunk, 4, tmp_path, 0, progress=False, max_context=n)
+    data = FeatureData.load(tmp_path)
+    assert len(data) == 1 and data.lens[0] == chunk
+    assert data.tokens[0].tolist() == ids[-chunk:]
+    assert data.gen_start[0] == gen_start - (n - chunk)  # window-local start of the generated span
+    with torch.no_grad():
+        out = tiny_target(input_ids=torch.tensor([ids]), output_hidden_states=True)
+    whole = torch.cat([out.hidden_states[i][0, n - chunk:] for i in layers], -1).to(torch.float16).numpy()
+    np.testing.assert_array_equal(data.feats[0], whole)
+    g = data.gen_start[0]
+    assert (data.labels[0, g - 1:chunk - 1] == data.tokens[0, g:chunk]).all()
+
+    split = tmp_path / "split"
+    split.mkdir()
+    featurize(tiny_target, [(ids, gen_start, src)], layers, chunk, 4, split, 0, progress=False)
+    assert len(FeatureData.load(split)) == 3  # 80 tokens in pieces of <= 32 overlapping by one
+
+
+def test_extended_build_splits_only_its_new_minutes():
+    from realrun.draft_build import Budget
+
+    fresh = Budget(100, spent_s=0.0)
+    assert abs(fresh.until(0.5) - 3000) < 1
+    extended = Budget(100, spent_s=3600.0, origin_s=3600.0)  # 60 min were spent when 40 more were given
+    assert abs(extended.until(0.5) - 1200) < 1 and abs(extended.left() - 2400) < 1
+
+
+def test_long_prompts_are_long_input_tasks_from_local_sources():
+    from realrun.draft_build import build_long_prompts
+
+    prompts = build_long_prompts(0)
+    assert prompts == build_long_prompts(0) and len(prompts) > 300
+    text = [p for p, _ in prompts]
+    for marker in ("Summar", "Use the documents below", "Translate the following text", "Extract"):
+        assert any(t.startswith(marker) or marker in t[:80] for t in text), marker
+    assert sum(len(t) > 600 for t in text) > len(text) / 2
+
+
+def test_cli_rejects_impossible_stage_fractions():
+    from realrun.cli import build_parser
+
+    args = build_parser().parse_args(["draft", "build", "--gen-fraction", "0.6", "--data-fraction", "0.5"])
+    with pytest.raises(LTDError, match="gen-fraction"):
+        args.func(args)
