@@ -504,6 +504,17 @@ def pack_sequences(items: list[tuple[list[int], int, int]], chunk: int,
     return out
 
 
+def heldout_mask(n: int, val_fraction: float, seed: int = 0) -> np.ndarray:
+    """The build's stable held-out split: sequence i is held out by a hash of i, so a resume that adds
+    sequences keeps the earlier ones on their side (and `benchmarks/draft_heads.py` can compare heads
+    on the same held-out sequences)."""
+    held = ((np.arange(n, dtype=np.uint64) * np.uint64(2654435761) + np.uint64(seed)) % np.uint64(1000)
+            < np.uint64(int(val_fraction * 1000)))
+    if held.sum() < 2 or (~held).sum() < 2:
+        held = np.arange(n) % 10 == 0
+    return held
+
+
 def featurize(model, items, layers, chunk, batch, out_dir: Path, shard_index: int,
               max_seconds: float | None = None, progress: bool = True, max_context: int = 0) -> tuple[int, int]:
     """Feature shards for (ids, gen_start, src) items. Generated spans (index >= gen_start) take the
@@ -1098,11 +1109,7 @@ def build(target_path: str | os.PathLike | None = None, out: str | os.PathLike |
     # ---- 4: data and vocabulary ---------------------------------------------------------------
     data = FeatureData.load(feat_dir)
     total_positions = int(data.lens.sum())
-    # a stable held-out split: sequence i is held out by a hash of i (unchanged when a resume adds data)
-    held = ((np.arange(len(data), dtype=np.uint64) * np.uint64(2654435761) + np.uint64(cfg.seed)) % np.uint64(1000)
-            < np.uint64(int(cfg.val_fraction * 1000)))
-    if held.sum() < 2 or (~held).sum() < 2:
-        held = np.arange(len(data)) % 10 == 0
+    held = heldout_mask(len(data), cfg.val_fraction, cfg.seed)
     val, trn = data.subset(np.flatnonzero(held)), data.subset(np.flatnonzero(~held))
     valid_labels = np.concatenate([trn.labels[i, :trn.lens[i] - 1] for i in range(len(trn))])
     counts = Counter(valid_labels.tolist())

@@ -193,3 +193,10 @@ def test_cli_rejects_impossible_stage_fractions():
     args = build_parser().parse_args(["draft", "build", "--gen-fraction", "0.6", "--data-fraction", "0.5"])
     with pytest.raises(LTDError, match="gen-fraction"):
         args.func(args)
+
+
+def test_heldout_split_is_stable_when_a_build_adds_sequences():
+    from realrun.draft_build import heldout_mask
+
+    small, grown = heldout_mask(3000, 0.04), heldout_mask(6000, 0.04)
+    assert (grown[:3000] == small).all() and 0.02 < small.mean() < 0.06
