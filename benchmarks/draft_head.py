@@ -140,7 +140,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.static:
-        args.static = tuple(int(x) for x in args.static.split(","))
+        try:
+            args.static = tuple(int(x) for x in args.static.split(","))
+        except ValueError:
+            args.static = ()
+        if len(args.static) != 2 or args.static[0] < 1 or args.static[1] < 0:
+            ap.error("--static takes DEPTH,V with depth >= 1 and V >= 0, e.g. --static 1,2")
 
     from realrun.decoder import DecodeConfig, generate
     from realrun.loading import load_pair, set_threads

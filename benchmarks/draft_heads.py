@@ -6,7 +6,7 @@ the previous build's. This scores every head given on one held-out set: the buil
 ones it added (>= N). Per unrolled step: top-1 agreement on generated tokens (what decoding drafts),
 and on all positions by source (code / chat).
 
-    python benchmarks/draft_heads.py HEAD_DIR [HEAD_DIR ...] [--work DIR] [--split-at N] [--steps 4]
+    python benchmarks/draft_heads.py HEAD_DIR [HEAD_DIR ...] [--work DIR] [--split-at N] [--steps 4] [--seed 0]
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from realrun.draft_build import BuildConfig, FeatureData, evaluate, heldout_mask, make_t2d_index  # noqa: E402
+from realrun.draft_build import (BuildConfig, FeatureData, default_work_dir, evaluate, heldout_mask,  # noqa: E402
+                                 make_t2d_index)
 from realrun.eagle3 import load_head  # noqa: E402
 from realrun.loading import set_threads  # noqa: E402
 from realrun.models import default_draft_dir, load_causal_lm, resolve_target  # noqa: E402
@@ -32,11 +33,12 @@ def main() -> None:
     ap.add_argument("--target", default=None)
     ap.add_argument("--split-at", type=int, default=None, help="report sequences < N and >= N apart")
     ap.add_argument("--steps", type=int, default=4, help="unrolled steps to print")
+    ap.add_argument("--seed", type=int, default=BuildConfig.seed, help="the build's --seed (it sets the split)")
     args = ap.parse_args()
     set_threads()
-    work = Path(args.work) if args.work else default_draft_dir().parent / f".build-{default_draft_dir().name}"
+    work = Path(args.work) if args.work else default_work_dir(default_draft_dir())
     data = FeatureData.load(work / "features")
-    held = np.flatnonzero(heldout_mask(len(data), BuildConfig.val_fraction, BuildConfig.seed))
+    held = np.flatnonzero(heldout_mask(len(data), BuildConfig.val_fraction, args.seed))
     groups = {"held-out": held}
     if args.split_at is not None:
         groups = {f"held-out < {args.split_at}": held[held < args.split_at],

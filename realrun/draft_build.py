@@ -969,6 +969,11 @@ class BuildConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+def default_work_dir(out_dir: Path) -> Path:
+    """Where a build keeps its resumable state: `.build-NAME` beside the head it writes."""
+    return Path(out_dir).parent / f".build-{Path(out_dir).name}"
+
+
 def _load_state(work: Path) -> dict:
     p = work / "state.json"
     return json.loads(p.read_text()) if p.is_file() else {}
@@ -988,7 +993,7 @@ def build(target_path: str | os.PathLike | None = None, out: str | os.PathLike |
     tpath = resolve_target(target_path)
     out_dir = Path(out) if out else (default_draft_dir() if is_default else
                                      Path(tpath).parent / f"{Path(tpath).name}-eagle3")
-    work_dir = Path(work) if work else out_dir.parent / f".build-{out_dir.name}"
+    work_dir = Path(work) if work else default_work_dir(out_dir)
     if work_dir.exists() and not resume:
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
