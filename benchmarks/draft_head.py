@@ -56,6 +56,67 @@ def load_prompts(questions: Path | None, per_category: int, humaneval: int) -> l
     return out
 
 
+def prompt_order(questions: Path | None, per_category: int, humaneval: int) -> list[tuple[str, str]]:
+    """`load_prompts`, categories interleaved so that a time cap still covers all of them."""
+    by_cat = defaultdict(list)
+    for cat, p in load_prompts(questions, per_category, humaneval):
+        by_cat[cat].append(p)
+    order = []
+    for i in range(max(len(v) for v in by_cat.values())):
+        order += [(c, v[i]) for c, v in by_cat.items() if i < len(v)]
+    return order
+
+
+def static_eagle3_tau(pair, order: list[tuple[str, str]], max_new_tokens: int, deadline: float | None = None,
+                      verbose: bool = True) -> dict:
+    """Greedy decoding with the static EAGLE-3 setting (top-k 10, depth 8, V 60) over `order` ((category,
+    prompt) pairs): tau per category, the Spec-Bench mean, per-level acceptance, and every cycle's
+    depth-8 tree with the target's continuation (for replaying other static settings)."""
+    from realrun.decoder import DecodeConfig, generate
+    from realrun.models import encode_prompt
+
+    target, tok = pair.target.model, pair.target.tokenizer
+    k, depth, size = defaults.TOP_K, defaults.MAX_DEPTH, defaults.STATIC_SIZE
+    cfg = DecodeConfig(max_new_tokens=max_new_tokens, top_k=k, max_depth=depth)
+    records = []  # per cycle: (category, tree, continuation)
+    per_cat = defaultdict(list)
+    draft_step_s, overhead_s = [], []
+    if verbose:
+        print(f"static EAGLE-3 (top-k {k}, depth {depth}, V {size}), {len(order)} prompts, "
+              f"max {max_new_tokens} new tokens", flush=True)
+    for n_done, (cat, prompt) in enumerate(order):
+        if deadline is not None and time.monotonic() > deadline:
+            print(f"time cap: stopped after {n_done} prompts", flush=True)
+            break
+        ids = encode_prompt(tok, prompt)
+        trees = []
+        res = generate(target, ids, pair.drafter, cfg, StaticDepth(depth), StaticSize(size), eos_ids=pair.eos_ids,
+                       context_limit=pair.context_limit, on_cycle=lambda t, r: trees.append((t, r)))
+        out = res.token_ids
+        pos = 0  # index in `out` of each cycle's root
+        for tree, rec in trees:
+            cont = np.asarray(out[pos + 1:pos + 1 + depth], dtype=np.int64)
+            records.append((cat, tree, cont))
+            per_cat[cat].append(rec.accepted + 1)
+            draft_step_s.append(rec.draft_s / max(rec.depth, 1))
+            overhead_s.append(rec.overhead_s)
+            pos += rec.accepted + 1
+        if verbose:
+            print(f"  {cat:15s} tau {res.tau:.2f}  {len(out)} tokens  {res.tokens_per_s:.1f} tok/s", flush=True)
+
+    tau_cat = {c: round(float(np.mean(v)), 3) for c, v in per_cat.items()}
+    spec_cats = [c for c in per_cat if c != "humaneval"]
+    tau_spec_mean = float(np.mean([tau_cat[c] for c in spec_cats])) if spec_cats else float("nan")
+    acc = np.array([len(r[1].tokens) and accepted_length_on_trace(r[1], depth, size, r[2]) for r in records])
+    levels = {lvl: round(float((acc >= lvl).mean()), 4) for lvl in range(1, depth + 1)}
+    is_code = np.array([r[0] == "humaneval" for r in records], dtype=bool)
+    levels_code = ({lvl: round(float((acc[is_code] >= lvl).mean()), 4) for lvl in range(1, depth + 1)}
+                   if is_code.any() else {})
+    return {"records": records, "draft_step_s": draft_step_s, "overhead_s": overhead_s, "tau_per_category": tau_cat,
+            "tau_spec_bench_mean": tau_spec_mean, "per_level_acceptance": levels,
+            "per_level_acceptance_code": levels_code}
+
+
 def verify_costs(target, sizes, context: int = 160, reps: int = 3) -> dict[int, float]:
     """Seconds of one target forward over V+1 tokens after `context` cached tokens."""
     from transformers import DynamicCache
@@ -147,22 +208,13 @@ def main(argv=None) -> int:
         if len(args.static) != 2 or args.static[0] < 1 or args.static[1] < 0:
             ap.error("--static takes DEPTH,V with depth >= 1 and V >= 0, e.g. --static 1,2")
 
-    from realrun.decoder import DecodeConfig, generate
     from realrun.loading import load_pair, set_threads
-    from realrun.models import encode_prompt
 
     set_threads()
     t_start = time.monotonic()
     pair = load_pair(args.target, args.draft, "eagle3")
-    target, tok = pair.target.model, pair.target.tokenizer
-    prompts = load_prompts(Path(args.questions) if args.questions else None, args.per_category, args.humaneval)
-    # interleave categories so that a time cap still covers all of them
-    by_cat = defaultdict(list)
-    for cat, p in prompts:
-        by_cat[cat].append(p)
-    order = []
-    for i in range(max(len(v) for v in by_cat.values())):
-        order += [(c, v[i]) for c, v in by_cat.items() if i < len(v)]
+    target = pair.target.model
+    order = prompt_order(Path(args.questions) if args.questions else None, args.per_category, args.humaneval)
     k, depth, size = defaults.TOP_K, defaults.MAX_DEPTH, defaults.STATIC_SIZE
     if args.static:
         best = {"depth": args.static[0], "size": args.static[1], "source": "--static"}
@@ -174,46 +226,13 @@ def main(argv=None) -> int:
             Path(args.out).write_text(json.dumps(report, indent=1))
         print(json.dumps({k: report[k] for k in ("best_static", "speedup_vs_ar", "paired_best_vs_ar")}))
         return 0
-    cfg = DecodeConfig(max_new_tokens=args.max_new_tokens, top_k=k, max_depth=depth)
-    records = []  # per cycle: (category, tree, continuation, draft_s)
-    per_cat = defaultdict(list)
-    draft_step_s, overhead_s = [], []
-    print(f"static EAGLE-3 (top-k {k}, depth {depth}, V {size}), {len(order)} prompts, "
-          f"max {args.max_new_tokens} new tokens", flush=True)
-    for n_done, (cat, prompt) in enumerate(order):
-        if time.monotonic() - t_start > args.minutes * 60 * 0.75:
-            print(f"time cap: stopped after {n_done} prompts", flush=True)
-            break
-        ids = encode_prompt(tok, prompt)
-        trees = []
-        res = generate(target, ids, pair.drafter, cfg, StaticDepth(depth), StaticSize(size), eos_ids=pair.eos_ids,
-                       context_limit=pair.context_limit, on_cycle=lambda t, r: trees.append((t, r)))
-        out = res.token_ids
-        pos = 0  # index in `out` of each cycle's root
-        for tree, rec in trees:
-            cont = np.asarray(out[pos + 1:pos + 1 + depth], dtype=np.int64)
-            records.append((cat, tree, cont))
-            per_cat[cat].append(rec.accepted + 1)
-            draft_step_s.append(rec.draft_s / max(rec.depth, 1))
-            overhead_s.append(rec.overhead_s)
-            pos += rec.accepted + 1
-        print(f"  {cat:15s} tau {res.tau:.2f}  {len(out)} tokens  {res.tokens_per_s:.1f} tok/s", flush=True)
-
-    # ---- tau per category, per-level acceptance --------------------------------------------------
-    def tau_of(cat_filter):
-        v = [t for c, ts in per_cat.items() if cat_filter(c) for t in ts]
-        return float(np.mean(v)) if v else float("nan")
-
-    tau_cat = {c: round(float(np.mean(v)), 3) for c, v in per_cat.items()}
-    spec_cats = [c for c in per_cat if c != "humaneval"]
-    tau_spec_mean = float(np.mean([tau_cat[c] for c in spec_cats])) if spec_cats else float("nan")
-    acc = np.array([len(r[1].tokens) and accepted_length_on_trace(r[1], depth, size, r[2]) for r in records])
-    levels = {lvl: round(float((acc >= lvl).mean()), 4) for lvl in range(1, depth + 1)}
-    levels_code = {lvl: round(float((acc[[r[0] == "humaneval" for r in records]] >= lvl).mean()), 4)
-                   for lvl in range(1, depth + 1)} if any(r[0] == "humaneval" for r in records) else {}
+    measured = static_eagle3_tau(pair, order, args.max_new_tokens, deadline=t_start + args.minutes * 60 * 0.75)
+    records, draft_step_s, overhead_s = measured["records"], measured["draft_step_s"], measured["overhead_s"]
+    tau_cat, tau_spec_mean = measured["tau_per_category"], measured["tau_spec_bench_mean"]
+    levels, levels_code = measured["per_level_acceptance"], measured["per_level_acceptance_code"]
     print("\ntau per category (static 10/8/60):")
     for c, v in sorted(tau_cat.items()):
-        print(f"  {c:15s} {v:.2f}  ({len(per_cat[c])} cycles)")
+        print(f"  {c:15s} {v:.2f}")
     print(f"  code (humaneval) {tau_cat.get('humaneval', float('nan')):.2f}   mean over Spec-Bench categories "
           f"{tau_spec_mean:.2f}")
     print("per-level acceptance (share of cycles accepting level l):", levels)

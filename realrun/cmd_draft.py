@@ -24,6 +24,10 @@ def add_parser(sub) -> None:
                    "when a finished build is given more)")
     b.add_argument("--data-fraction", type=float, default=None,
                    help="share by which all data (features, extra teacher-forced text) is made (default 0.47)")
+    b.add_argument("--prompts", default=None, help="your own prompts (Spec-Bench jsonl or one per line): "
+                   "the target's responses to them are generated first, before the built-in prompts")
+    b.add_argument("--only-prompts", action="store_true", help="train on the --prompts alone, "
+                   "not on the built-in prompt sets too")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.add_argument("--json", action="store_true", help="print the build report as JSON")
@@ -48,7 +52,17 @@ def cmd_draft_build(args) -> int:
     if not 0 <= gen <= data < 1:
         raise LTDError(f"need 0 <= --gen-fraction <= --data-fraction < 1, got {gen} and {data}")
     cfg.gen_fraction, cfg.data_fraction = gen, data
-    report = build(args.target, args.out, cfg, resume=args.resume, work=args.work, progress=not args.quiet)
+    if args.only_prompts and not args.prompts:
+        raise LTDError("--only-prompts needs --prompts FILE")
+    cfg.builtin_prompts = not args.only_prompts
+    user_prompts = None
+    if args.prompts:
+        from realrun.draft_build import user_prompt_items
+        from realrun.trace_record import read_prompts
+
+        user_prompts = user_prompt_items(read_prompts(args.prompts))
+    report = build(args.target, args.out, cfg, resume=args.resume, work=args.work, progress=not args.quiet,
+                   user_prompts=user_prompts)
     if args.json:
         print(json.dumps(report))
     return 0

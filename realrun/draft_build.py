@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import json
 import math
 import os
@@ -662,6 +663,13 @@ def step_targets(labels: torch.Tensor, lens: torch.Tensor, t2d_index: torch.Tens
     return out
 
 
+def drafted_mask(gen_start: torch.Tensor, n: int, step: int) -> torch.Tensor:
+    """[B, n]: entry `step` at index i predicts label i+1+step; True where that label is a token the
+    target generated (what decoding drafts), False for prompt and teacher-forced positions."""
+    index = torch.arange(n, device=gen_start.device)[None]
+    return (gen_start[:, None] >= 0) & (index + 1 + step >= gen_start[:, None])
+
+
 def ttt_loss(head, feats, tokens, labels, lens, t2d_index, steps: int, decay: float = 0.8):
     """Weighted sum of per-step cross entropies; also per-step (loss, top-1 hits, counted positions)."""
     logits = ttt_forward(head, feats, tokens, steps)
@@ -744,8 +752,7 @@ def evaluate(head, data: FeatureData, t2d_index, steps: int, batch: int = 8) -> 
         logits = ttt_forward(head, feats, tokens, steps)
         targets = step_targets(labels, lens, t2d_index, steps)
         is_code = torch.from_numpy(np.isin(data.src[idx], (SRC_GEN_CODE, SRC_TF_CODE))).to(dev)[:, None]
-        gen_start = torch.from_numpy(data.gen_start[idx].astype(np.int64)).to(dev)[:, None]
-        index = torch.arange(feats.shape[1], device=dev)[None]
+        gen_start = torch.from_numpy(data.gen_start[idx].astype(np.int64)).to(dev)
         for j, (lg, (tgt, valid)) in enumerate(zip(logits, targets)):
             hit = (lg.argmax(-1) == tgt) & (tgt >= 0)
             for g, sel in enumerate((is_code, ~is_code)):
@@ -753,7 +760,7 @@ def evaluate(head, data: FeatureData, t2d_index, steps: int, batch: int = 8) -> 
                 hits[g, j] += (hit & m).sum().item()
                 count[g, j] += m.sum().item()
             # entry j at index i predicts label i+1+j: a drafted token when that is in the generated span
-            drafted = valid & (gen_start >= 0) & (index + 1 + j >= gen_start)
+            drafted = valid & drafted_mask(gen_start, feats.shape[1], j)
             gen_hits[j] += (hit & drafted).sum().item()
             gen_count[j] += drafted.sum().item()
             ok = tgt >= 0
@@ -966,6 +973,7 @@ class BuildConfig:
     feature_dtype: str = "bfloat16"  # the teacher-forced pass (fast on AVX512-BF16 CPUs)
     val_fraction: float = 0.04
     seed: int = 0
+    builtin_prompts: bool = True  # False (--only-prompts): the user's prompts alone
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -979,13 +987,45 @@ def _load_state(work: Path) -> dict:
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
+def user_prompt_items(records: list[dict]) -> list[tuple[str, int]]:
+    """A user's own prompts (`read_prompts` records) as (text, source): Spec-Bench's "coding"
+    category counts as code, everything else as chat."""
+    return [(r["text"], SRC_GEN_CODE if r.get("category", "").lower() in ("coding", "code") else SRC_GEN_CHAT)
+            for r in records if r["text"].strip()]
+
+
+def _prompts_fingerprint(items: list[tuple[str, int]], builtin: bool) -> str:
+    """What decides the generation batches beyond the seed ("" for the default: built-in prompts only)."""
+    if not items and builtin:
+        return ""
+    return hashlib.sha256(json.dumps([items, builtin]).encode()).hexdigest()[:16]
+
+
+def generation_batches(lengths: list[int], n_user: int, n_short: int, batch: int, seed: int) -> list[list[int]]:
+    """Prompt indices per generation batch: the user's prompts [0, n_user) first (already sorted by
+    length), then the built-in short ones [n_user, n_short) in their shuffled order, each batch sorted by
+    length (less padding), then the long-input ones (sorted by length) in batches of similar length, the
+    batch order shuffled."""
+    def spans(lo, hi):
+        return [list(range(i, min(i + batch, hi))) for i in range(lo, hi, batch)]
+
+    long_batches = spans(n_short, len(lengths))
+    random.Random(seed).shuffle(long_batches)
+    return (spans(0, n_user) + [sorted(b, key=lambda i: lengths[i]) for b in spans(n_user, n_short)]
+            + long_batches)
+
+
 def build(target_path: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
           cfg: BuildConfig | None = None, resume: bool = False, work: str | os.PathLike | None = None,
-          progress: bool = True, log=print) -> dict:
-    """Run the whole build for a local target; returns the report (also written as build_report.json)."""
+          progress: bool = True, log=print, user_prompts: list[tuple[str, int]] | None = None) -> dict:
+    """Run the whole build for a local target; returns the report (also written as build_report.json).
+
+    `user_prompts` ((text, source) pairs, `user_prompt_items`) are the user's own workload: they are
+    generated first, before the built-in prompts, so that a short budget spends itself on them."""
     from realrun.eagle3 import save_head
     from realrun.loading import set_threads
-    from realrun.models import default_draft_dir, encode_prompt, eos_token_ids, load_causal_lm, resolve_target
+    from realrun.models import (context_limit, default_draft_dir, encode_prompt, eos_token_ids, load_causal_lm,
+                                resolve_target)
 
     cfg = cfg or BuildConfig()
     set_threads()
@@ -1006,6 +1046,12 @@ def build(target_path: str | os.PathLike | None = None, out: str | os.PathLike |
         # a finished build given more minutes: split the new minutes into stages like a build's
         st["extend_origin_s"] = st["spent_s"]
         st["finished"] = False
+    user_prompts = list(user_prompts or [])
+    fingerprint = _prompts_fingerprint(user_prompts, cfg.builtin_prompts)
+    if st and st.get("user_prompts", "") != fingerprint:
+        raise LTDError(f"the work folder {work_dir} was built with other prompts (--prompts, --only-prompts); "
+                       "resume with the same ones, or build afresh without --resume")
+    st["user_prompts"] = fingerprint
     budget = Budget(cfg.minutes, st.get("spent_s", 0.0), st.get("extend_origin_s", 0.0))
 
     def save_state(**kw):
@@ -1026,26 +1072,32 @@ def build(target_path: str | os.PathLike | None = None, out: str | os.PathLike |
         f"vocab {target.config.vocab_size}); budget {cfg.minutes:.0f} min; work dir {work_dir}")
 
     # ---- 1+2: generation --------------------------------------------------------------------
-    prompts = build_prompts(cfg.seed)
-    encoded = [(encode_prompt(tok, p), src) for p, src in prompts]
-    encoded = [(ids, src) for ids, src in encoded if len(ids) <= cfg.chunk - 32]
+    # the user's prompts first, then the built-in short ones, then the built-in long-input ones
+    # (so that a resumed build's batches keep their order); a prompt and its response must fit the
+    # target's context
+    max_prompt = min(cfg.long_prompt_tokens, context_limit(target) - cfg.max_new_tokens)
+
+    def by_length(items):
+        enc = [(encode_prompt(tok, p), src) for p, src in items]
+        return sorted((e for e in enc if len(e[0]) <= max_prompt), key=lambda e: len(e[0]))
+
+    encoded = by_length(user_prompts)
+    if user_prompts:
+        log(f"--prompts: {len(encoded)} of {len(user_prompts)} prompts fit {max_prompt} tokens")
+        if not encoded:
+            raise LTDError(f"none of the {len(user_prompts)} --prompts fits {max_prompt} tokens "
+                           f"(the target's context less {cfg.max_new_tokens} new tokens)")
+    n_user = len(encoded)
+    if cfg.builtin_prompts:
+        encoded += [(ids, src) for ids, src in ((encode_prompt(tok, p), src) for p, src in build_prompts(cfg.seed))
+                    if len(ids) <= min(cfg.chunk - 32, max_prompt)]
     n_short = len(encoded)
-    # the long-input prompts come after all short ones (so that a resumed build's batches keep
-    # their order), in batches of similar length (less padding), batch order shuffled
-    long_encoded = [(encode_prompt(tok, p), src) for p, src in build_long_prompts(cfg.seed)]
-    long_encoded = sorted((e for e in long_encoded if len(e[0]) <= cfg.long_prompt_tokens), key=lambda e: len(e[0]))
-    encoded += long_encoded
+    if cfg.builtin_prompts:
+        encoded += by_length(build_long_prompts(cfg.seed))
     gen_file = work_dir / "generated.json"
     gen = json.loads(gen_file.read_text()) if gen_file.is_file() else {"done": 0, "items": [], "seconds": 0.0}
     if budget.until(cfg.gen_fraction) > 0:  # a resumed build with a larger budget generates more
-        # sort batches by prompt length (less padding), keep the shuffled order across batches
-        order = list(range(n_short))
-        batches = [order[i:i + cfg.gen_batch] for i in range(0, len(order), cfg.gen_batch)]
-        batches = [sorted(b, key=lambda i: len(encoded[i][0])) for b in batches]
-        long_batches = [list(range(i, min(i + cfg.gen_batch, len(encoded))))
-                        for i in range(n_short, len(encoded), cfg.gen_batch)]
-        random.Random(cfg.seed).shuffle(long_batches)
-        batches += long_batches
+        batches = generation_batches([len(ids) for ids, _ in encoded], n_user, n_short, cfg.gen_batch, cfg.seed)
         bar = _progress(total=len(batches), desc="generate", unit="batch", disable=not progress)
         bar.update(gen["done"])
         rate = None
@@ -1068,6 +1120,9 @@ def build(target_path: str | os.PathLike | None = None, out: str | os.PathLike |
             bar.set_postfix(tok_s=f"{new / rate:.0f}")
         bar.close()
         save_state()
+    if not gen["items"]:
+        raise LTDError(f"the budget ran out before a response was generated ({budget.spent():.0f} s spent, "
+                       f"generation may run until {cfg.gen_fraction:.0%} of {cfg.minutes:g} min); give more --minutes")
     gen_tokens = sum(len(ids) - p for ids, p, _ in gen["items"])
     log(f"generation: {len(gen['items'])} responses, {gen_tokens} new tokens in {gen['seconds']:.0f} s")
 
@@ -1098,7 +1153,7 @@ def build(target_path: str | os.PathLike | None = None, out: str | os.PathLike |
     if st.get("gen_feat_items", 0) < len(gen["items"]):
         featurize_blocks([(ids, p, src) for ids, p, src in gen["items"]], "gen_feat_items", None,
                          "features of generated text", max_context=cfg.long_prompt_tokens + cfg.max_new_tokens)
-    if budget.until(cfg.data_fraction) > 5:
+    if budget.until(cfg.data_fraction) > 5 and cfg.builtin_prompts:
         tf_items = []
         for user, text, src in teacher_texts(cfg.seed):
             ids = tok.apply_chat_template([{"role": "user", "content": user}, {"role": "assistant", "content": text}],

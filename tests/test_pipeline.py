@@ -4,28 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-import torch
-
-from conftest import tiny_llama
-
-
-@pytest.fixture(scope="module")
-def tiny_chat_target(tmp_path_factory, default_target):
-    """A tiny random Llama with the default target's tokenizer (so chat prompts encode)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    vocab = default_target.vocab_size
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      eos_token_id=default_target.tokenizer.eos_token_id, tie_word_embeddings=True)
-    model = LlamaForCausalLM(cfg).eval()
-    out = tmp_path_factory.mktemp("models") / "tiny-chat"
-    model.save_pretrained(out)
-    default_target.tokenizer.save_pretrained(out)
-    return out
-
 
 def test_pipeline_end_to_end_and_resume(tiny_chat_target, tmp_path):
     from realrun.cli import main
