@@ -898,15 +898,18 @@ def write_logs(log: list, folder: Path) -> None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     steps = max(len(p.get("train_loss") or p.get("val", {}).get("top1", [])) for p in pts)
+    def series(j: int, get) -> tuple[list, list]:
+        """(positions, values) of the points that have unrolled step j (a resumed build may have changed
+        --ttt-steps, so points differ in length)."""
+        got = [(p["positions"], get(p)) for p in pts if get(p) is not None and len(get(p)) > j]
+        return [x for x, _ in got], [v[j] for _, v in got]
+
     for j in range(steps):
-        xs = [p["positions"] for p in pts if "train_loss" in p]
-        axes[0].plot(xs, [p["train_loss"][j] for p in pts if "train_loss" in p], label=f"step {j + 1}")
-        vx = [p["positions"] for p in pts if "val" in p]
-        line, = axes[1].plot(vx, [p["val"]["top1"][j] for p in pts if "val" in p], marker=".", label=f"step {j + 1}")
-        gx = [p["positions"] for p in pts if "top1_generated" in p.get("val", {})]
+        axes[0].plot(*series(j, lambda p: p.get("train_loss")), label=f"step {j + 1}")
+        line, = axes[1].plot(*series(j, lambda p: p.get("val", {}).get("top1")), marker=".", label=f"step {j + 1}")
+        gx, gy = series(j, lambda p: p.get("val", {}).get("top1_generated"))
         if gx:  # dashed: generated tokens only (what decoding drafts; prompt templates are easy)
-            axes[1].plot(gx, [p["val"]["top1_generated"][j] for p in pts if "top1_generated" in p.get("val", {})],
-                         ls="--", color=line.get_color())
+            axes[1].plot(gx, gy, ls="--", color=line.get_color())
     axes[0].set(title="train loss per unrolled step", xlabel="training positions seen", ylabel="cross entropy")
     axes[1].set(title="held-out top-1 per unrolled step (dashed: generated tokens)", xlabel="training positions seen",
                 ylabel="top-1 agreement with target")

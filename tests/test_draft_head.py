@@ -97,6 +97,10 @@ def test_training_lowers_loss_and_beats_chance(tiny_target, tiny_data, tmp_path)
     assert last["train_loss"][0] < 0.7 * first["train_loss"][0]
     assert last["val"]["top1"][0] > 0.05 > 10 / 256  # chance is 1/256 (or 1/128 within the draft vocab)
     assert last["val"]["top1"][0] > first["val"]["top1"][0]
+    # a resume may change the unrolled steps (`--ttt-steps`): the logs then mix lengths
+    shallow = TrainConfig(**{**cfg.__dict__, "ttt_steps": 2, "max_steps": 210})
+    state = train_head(head, trn, shallow, val=val, ckpt=tmp_path / "ckpt.pt", progress=False)
+    assert len(state.log[-1]["train_loss"]) == 2 and len(state.log[0]["train_loss"]) == 3
     write_logs(state.log, tmp_path)
     assert (tmp_path / "train_log.csv").is_file() and (tmp_path / "training_curves.png").is_file()
 
