@@ -898,6 +898,7 @@ def write_logs(log: list, folder: Path) -> None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     steps = max(len(p.get("train_loss") or p.get("val", {}).get("top1", [])) for p in pts)
+
     def series(j: int, get) -> tuple[list, list]:
         """(positions, values) of the points that have unrolled step j (a resumed build may have changed
         --ttt-steps, so points differ in length)."""
@@ -1079,6 +1080,9 @@ def build(target_path: str | os.PathLike | None = None, out: str | os.PathLike |
     # (so that a resumed build's batches keep their order); a prompt and its response must fit the
     # target's context
     max_prompt = min(cfg.long_prompt_tokens, context_limit(target) - cfg.max_new_tokens)
+    if max_prompt < 16:
+        raise LTDError(f"the target's context ({context_limit(target)} tokens) leaves no room for a prompt and "
+                       f"{cfg.max_new_tokens} new tokens")
 
     def by_length(items):
         enc = [(encode_prompt(tok, p), src) for p, src in items]
