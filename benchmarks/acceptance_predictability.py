@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from realrun.draft_build import (BuildConfig, FeatureData, _batch_tensors, default_work_dir,  # noqa: E402
-                                 heldout_mask, make_t2d_index, ttt_forward)
+                                 drafted_mask, heldout_mask, make_t2d_index, step_targets, ttt_forward)
 from realrun.eagle3 import load_head  # noqa: E402
 from realrun.loading import set_threads  # noqa: E402
 from realrun.models import default_draft_dir, load_causal_lm, resolve_target  # noqa: E402
@@ -44,18 +44,16 @@ def step1_signals(head, data: FeatureData, rows: np.ndarray, t2d: torch.Tensor):
             idx = rows[b0:b0 + 8]
             feats, tokens, labels, lens = _batch_tensors(data, idx, "cpu", torch.float32)
             logits = ttt_forward(head, feats, tokens, 1)[0]
-            for r, s in enumerate(idx):
-                g, n = int(data.gen_start[s]), int(data.lens[s])
-                if g < 0 or n - 1 <= max(g - 1, 0):
-                    continue
-                pos = torch.arange(max(g - 1, 0), n - 1)  # index i drafts label i+1, generated when i+1 >= g
-                logp = torch.log_softmax(logits[r, pos], -1)
-                top = logp.topk(2, -1).values.exp()
-                ent = -(logp.exp() * logp).sum(-1)
-                scal.append(torch.stack([top[:, 0], top[:, 1], ent], 1).numpy())
-                hid.append(captured["h"][r, pos].numpy())
-                feat.append(feats[r, pos].numpy())
-                hit.append((logits[r, pos].argmax(-1) == t2d[labels[r, pos + 1]]).numpy())
+            (target, valid), = step_targets(labels, lens, t2d, 1)
+            gen_start = torch.from_numpy(data.gen_start[idx].astype(np.int64))
+            drafted = valid & drafted_mask(gen_start, feats.shape[1], 0)  # what decoding drafts
+            logp = torch.log_softmax(logits[drafted], -1)
+            top = logp.topk(2, -1).values.exp()
+            ent = -(logp.exp() * logp).sum(-1)
+            scal.append(torch.stack([top[:, 0], top[:, 1], ent], 1).numpy())
+            hid.append(captured["h"][drafted].numpy())
+            feat.append(feats[drafted].numpy())
+            hit.append((logits[drafted].argmax(-1) == target[drafted]).numpy())
     finally:
         hook.remove()
     return np.concatenate(hid), np.concatenate(feat), np.concatenate(scal), np.concatenate(hit)
@@ -91,8 +89,11 @@ def main() -> None:
     def inputs(part, which):
         hid, feat, scal, _ = part
         logs = np.log(scal + 1e-9)
-        return {"p1": logs[:, :1], "scalars": logs, "scalars+head_hidden": np.hstack([logs, hid]),
-                "scalars+head_hidden+target_features": np.hstack([logs, hid, feat])}[which]
+        if which == "p1":
+            return logs[:, :1]
+        if which == "scalars":
+            return logs
+        return np.hstack([logs, hid] + ([feat] if which.endswith("target_features") else []))
 
     print("p1 (raw probability, no fit)".ljust(44), f"AUC {roc_auc_score(te[3], te[2][:, 0]):.3f}")
     for which in ("p1", "scalars", "scalars+head_hidden", "scalars+head_hidden+target_features"):

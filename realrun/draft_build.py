@@ -1084,9 +1084,11 @@ def build(target_path: str | os.PathLike | None = None, out: str | os.PathLike |
         raise LTDError(f"the target's context ({context_limit(target)} tokens) leaves no room for a prompt and "
                        f"{cfg.max_new_tokens} new tokens")
 
+    def fitting(items, limit: int):
+        return [(ids, src) for ids, src in ((encode_prompt(tok, p), src) for p, src in items) if len(ids) <= limit]
+
     def by_length(items):
-        enc = [(encode_prompt(tok, p), src) for p, src in items]
-        return sorted((e for e in enc if len(e[0]) <= max_prompt), key=lambda e: len(e[0]))
+        return sorted(fitting(items, max_prompt), key=lambda e: len(e[0]))
 
     encoded = by_length(user_prompts)
     if user_prompts:
@@ -1096,8 +1098,7 @@ def build(target_path: str | os.PathLike | None = None, out: str | os.PathLike |
                            f"(the target's context less {cfg.max_new_tokens} new tokens)")
     n_user = len(encoded)
     if cfg.builtin_prompts:
-        encoded += [(ids, src) for ids, src in ((encode_prompt(tok, p), src) for p, src in build_prompts(cfg.seed))
-                    if len(ids) <= min(cfg.chunk - 32, max_prompt)]
+        encoded += fitting(build_prompts(cfg.seed), min(cfg.chunk - 32, max_prompt))  # kept in their order
     n_short = len(encoded)
     if cfg.builtin_prompts:
         encoded += by_length(build_long_prompts(cfg.seed))
