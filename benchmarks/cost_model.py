@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     from realrun.decoder import DecodeConfig, generate
     from realrun.loading import load_pair, set_threads
     from realrun.models import encode_prompt
-    from realrun.profile_run import pair_fingerprint, profile_drafter, run_profile
+    from realrun.probes import pair_fingerprint, profile_drafter, run_profile
 
     path = Path(args.model)
     if not path.exists():

@@ -74,7 +74,7 @@ def main() -> None:
     if args.synthetic:
         tables = synthetic_tables()
     else:
-        from realrun.cmd_sim import load_tables
+        from realrun.simulate import load_tables
 
         tables = {s: load_tables(args.traces, args.cost, s) for s in ("train", "val", "test")}
     build_s = time.perf_counter() - t0

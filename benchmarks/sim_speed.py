@@ -27,7 +27,7 @@ from ltd_sim.sim import SimTables  # noqa: E402
 
 def tables_from(args) -> SimTables:
     if args.traces:
-        from realrun.cmd_sim import load_tables
+        from realrun.simulate import load_tables
 
         return load_tables(args.traces, args.cost)
     from ltd_sim.synthetic import synthetic_sequence

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
-from ltd_sim import atomic
+from ltd_sim.io import write_bytes, write_json
 from ltd_sim.sim import SimTables
 
 
@@ -136,4 +136,4 @@ def plot(rows: list[dict], path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    atomic.write_bytes(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ltd_sim import atomic
+from ltd_sim.io import write_bytes, write_json
 from ltd_sim.errors import LTDError
 from ltd_sim.tree import DraftTree
 
@@ -91,7 +91,7 @@ def save_sequence(path: str | os.PathLike, seq: TraceSequence) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
                         **{name: getattr(seq, name) for name in _ARRAYS})
-    atomic.write_bytes(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())
 
 
 def load_sequence(path: str | os.PathLike) -> TraceSequence:
@@ -153,7 +153,7 @@ def load_traces(trace_dir: str | os.PathLike, split: str = "all") -> list[TraceS
 
 
 def write_manifest(out_dir: str | os.PathLike, info: dict) -> None:
-    atomic.write_json(Path(out_dir) / MANIFEST, {"format": TRACE_FORMAT, "version": TRACE_VERSION, **info})
+    write_json(Path(out_dir) / MANIFEST, {"format": TRACE_FORMAT, "version": TRACE_VERSION, **info})
 
 
 def read_manifest(trace_dir: str | os.PathLike) -> dict:

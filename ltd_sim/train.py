@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ltd_sim import atomic
+from ltd_sim.io import write_bytes, write_json
 from ltd_sim.errors import LTDError
 from ltd_sim.policy import decision_tables, depth_table, save_policies, size_table
 from ltd_sim.sim import SimTables, simulate_tables, static_grid
@@ -171,7 +171,7 @@ def _pretrain(train: SimTables, val: SimTables, out_dir: str | Path, cfg: Pretra
         state["done"].append(phase)
         state["seconds"] += record["seconds"]
         state.setdefault("phases", []).append(record)
-        atomic.write_json(state_path, state)
+        write_json(state_path, state)
         msg = f"  {phase:14s} {steps:>8d} steps {record['seconds']:6.1f}s"
         if "val_tokens_per_s" in record:
             msg += (f"  val {record['val_tokens_per_s']:.2f} tok/s (tau {record['val_tau']:.2f}, "

@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ltd_sim import atomic, defaults
+from ltd_sim import defaults
+from ltd_sim.io import write_bytes, write_json
 from ltd_sim.control import StaticDepth, StaticSize
 from ltd_sim.errors import LTDError
 from realrun.decoder import Clock, DecodeConfig, generate
@@ -187,7 +188,7 @@ def parse_grid(spec) -> tuple[int, int]:
 def grid_from_file(path: str | os.PathLike) -> tuple[int, int]:
     """(D, V) from `ltd sim eval --json` output (its best_static), a bench report.json (its grid
     method) or a plain {"depth", "size"} JSON."""
-    from ltd_sim.atomic import read_json
+    from ltd_sim.io import read_json
 
     p = Path(path)
     data = read_json(p, "--grid-from")
@@ -751,9 +752,9 @@ def write_report(report: dict, out_dir) -> list[str]:
     out = Path(out_dir)
     files = []
     for name, data in plot_report(report).items():
-        atomic.write_bytes(out / "plots" / name, data)
+        write_bytes(out / "plots" / name, data)
         files.append(str(out / "plots" / name))
-    atomic.write_bytes(out / "report.md", render_markdown(report).encode())
+    write_bytes(out / "report.md", render_markdown(report).encode())
     files += [str(out / "report.md"), str(out / "report.json")]
-    atomic.write_json(out / "report.json", {**report, "files": files})
+    write_json(out / "report.json", {**report, "files": files})
     return files

@@ -42,7 +42,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from ltd_sim import atomic
+from ltd_sim.io import write_bytes, write_json
 from ltd_sim.envs import REWARDS
 from ltd_sim.errors import LTDError
 from ltd_sim.features import FeatureSpec, observe
@@ -389,7 +389,7 @@ def run_finetune(pair, policy_dir, out_dir, prompts, steps: int | None = None, m
              {"finetune": {"phase": "start", "real_val_tokens_per_s": start["tokens_per_s"]}})
         save(ckpt, {"depth": depth_m, "size": size_m}, {"finetune": {"phase": "start"}})
         state["seconds"] = time.perf_counter() - t_run
-        atomic.write_json(state_path, state)
+        write_json(state_path, state)
         log(f"  start          val {start['tokens_per_s']:.2f} tok/s (tau {start['tau']:.2f}) measured; "
             f"reward rate {rate:.2f} tok/s (training prompts)")
     state["budget"] = budget
@@ -432,7 +432,7 @@ def run_finetune(pair, policy_dir, out_dir, prompts, steps: int | None = None, m
                 state["phase_steps"] += cfg.n_steps
                 state["seconds"] = elapsed()
                 save(ckpt, models, {"finetune": {"phase": name, "steps": state["steps"]}})
-                atomic.write_json(state_path, state)
+                write_json(state_path, state)
                 bar.n = round(min(state["steps"] if steps is not None else state["seconds"], total))
                 eps = env.episodes[-3:]
                 if eps:
@@ -456,7 +456,7 @@ def run_finetune(pair, policy_dir, out_dir, prompts, steps: int | None = None, m
             state["phase"] += 1
             state["phase_steps"] = 0
             state["seconds"] = elapsed()
-            atomic.write_json(state_path, state)
+            write_json(state_path, state)
             with tqdm.external_write_mode(file=sys.stderr):
                 log(f"  {name:14s} val {res['tokens_per_s']:.2f} tok/s (tau {res['tau']:.2f}) vs best so far "
                     f"{inc['tokens_per_s']:.2f} in the same pass; best: {state['best']['phase']}")
@@ -471,7 +471,7 @@ def run_finetune(pair, policy_dir, out_dir, prompts, steps: int | None = None, m
                "steps": state["steps"], "seconds": state["seconds"], "history": state["history"],
                "resumed": resumed, "reward": reward}
     state["summary"] = summary
-    atomic.write_json(state_path, state)
+    write_json(state_path, state)
     log(f"finetune: best {summary['best_phase']} {summary['best_val_tokens_per_s']:.2f} tok/s "
         f"({summary['gain']:.3f}x the start) -> {summary['policies']}")
     return summary

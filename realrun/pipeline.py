@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ltd_sim.atomic import write_json
+from ltd_sim.io import read_json, write_json
 from ltd_sim.errors import LTDError
 
 
@@ -134,7 +134,7 @@ class Pipeline:
         cost_path = self.run_dir / "cost_model.json"
 
         def profile():
-            from realrun.profile_run import run_profile
+            from realrun.probes import run_profile
 
             model, seconds, _ = run_profile(self.target, draft, "eagle3", preset=b.profile_preset,
                                             out=self.run_dir, force=True, log=self.log)
@@ -147,7 +147,7 @@ class Pipeline:
         def trace():
             from realrun.loading import load_pair
             from realrun.models import encode_prompt
-            from realrun.trace_record import record_prompts
+            from realrun.record import record_prompts
 
             pair = load_pair(self.target, draft, "eagle3")
             prompts = default_trace_prompts(b.trace_prompts)
@@ -162,7 +162,7 @@ class Pipeline:
 
         def pretrain():
             from ltd_sim.train import PretrainConfig, pretrain as run_pretrain
-            from realrun.cmd_sim import load_tables
+            from realrun.simulate import load_tables
 
             cfg = PretrainConfig(stage1_steps=b.stage1_steps, stage2_steps=b.stage2_steps, rounds=b.rounds)
             result = run_pretrain(load_tables(str(trace_dir), str(cost_path), "train"),
@@ -175,7 +175,7 @@ class Pipeline:
         sim_policy = Path(pre["policies"])
 
         def sim_eval():
-            from realrun.cmd_sim import run_sim_eval
+            from realrun.simulate import run_sim_eval
 
             table = run_sim_eval(str(trace_dir), str(cost_path), "test", str(sim_policy))
             write_json(self.run_dir / "sim_eval.json", table)
@@ -255,7 +255,7 @@ def grid_setting(summary: dict) -> tuple[int, int]:
 
 def write_report(run_dir: Path, budget: Budget, summaries: dict) -> Path:
     """report.md + report.json of the whole run: which budget made it, each stage, the figures."""
-    from ltd_sim.atomic import write_bytes
+    from ltd_sim.io import write_bytes
 
     bench = summaries.get("bench", {}).get("methods", {})
     sim = summaries.get("sim_eval", {}).get("methods", {})
@@ -297,33 +297,18 @@ def _device_line(run_dir: Path) -> str:
         return "unknown"
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("pipeline", help="the whole job: draft head, profile, trace, pretrain, finetune, bench")
-    p.add_argument("--out", default="runs/default", help="run directory (resumed when it exists)")
-    p.add_argument("--target", default=None, help="local HF model dir (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--draft", default=None, help="an EAGLE-3 head dir to use (default: build or reuse the cached one)")
-    p.add_argument("--quick", action="store_true", help="the same stages at small budgets (a first look)")
-    p.add_argument("--budget", choices=sorted(BUDGETS), default=None,
-                   help="full (default), quick (= --quick), tiny (seconds; for tests on tiny models)")
-    p.set_defaults(func=cmd_pipeline)
-
-
-def cmd_pipeline(args) -> int:
-    from realrun.loading import set_threads
-
-    set_threads()
-    if args.quick and args.budget not in (None, "quick"):
-        raise LTDError(f"--quick and --budget {args.budget} contradict each other")
-    budget = BUDGETS[args.budget or ("quick" if args.quick else "full")]
-    run_dir = Path(args.out)
+def run_pipeline(run_dir: Path, budget_name: str, target: str | None = None, draft: str | None = None) -> Path:
+    """Run (or resume) every stage in `run_dir` at the named budget; returns the report's path. A run folder
+    keeps the budget it was made with."""
+    budget = BUDGETS[budget_name]
     if run_dir.exists() and not run_dir.is_dir():
         raise LTDError(f"--out {run_dir} exists and is not a directory")
     marker = run_dir / "stages" / "budget.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("name") != budget.name:
-        raise LTDError(f"{run_dir} was made with the {json.loads(marker.read_text())['name']!r} budget; "
-                       f"use another --out for a {budget.name!r} run")
+    if marker.is_file():
+        made_with = read_json(marker, "the run's budget marker").get("name")
+        if made_with != budget.name:
+            raise LTDError(f"{run_dir} was made with the {made_with!r} budget; use another --out for a "
+                           f"{budget.name!r} run")
     write_json(marker, asdict(budget))
-    t0 = time.perf_counter()
-    Pipeline(run_dir, budget, args.target, args.draft).run()
-    print(f"pipeline done in {time.perf_counter() - t0:.0f} s: {run_dir / 'report.md'}")
-    return 0
+    Pipeline(run_dir, budget, target, draft).run()
+    return run_dir / "report.md"

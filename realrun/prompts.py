@@ -1,6 +1,6 @@
 """Built-in prompt sets, so that the pipeline needs no downloaded data set.
 
-Records have the form of `realrun.trace_record.read_prompts`: {"id", "category", "text"}.
+Records have the form of `realrun.record.read_prompts`: {"id", "category", "text"}.
 HumanEval problems 0-79 train the draft head (`ltd draft build`); 80-121 are traced to train the
 policies; 122-163 are held out for benchmarks. The two chat sets are disjoint as well.
 """

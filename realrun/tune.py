@@ -29,7 +29,7 @@ import socket
 import time
 from pathlib import Path
 
-from ltd_sim import atomic
+from ltd_sim.io import write_bytes, write_json
 from ltd_sim.errors import LTDError
 
 KINDS = ("ppo", "grid")
@@ -79,7 +79,7 @@ class _Tables:
     """Train / val / train+val simulator tables, built once per feature setting in this worker."""
 
     def __init__(self, traces, cost_path):
-        from realrun.cmd_sim import load_cost
+        from realrun.simulate import load_cost
         from ltd_sim.trace import load_traces
 
         self.cost = load_cost(cost_path)
@@ -192,7 +192,7 @@ def run_tune(kind: str, traces, cost, out_dir, trials: int, storage: str | None 
         summary.update(_finish_grid(ranked, tv, confirm, pair, encoded, max_new_tokens, out, summary, log))
     else:
         summary.update(_finish_ppo(ranked, confirm, pair, encoded, max_new_tokens, out, log))
-    atomic.write_json(out / f"tune_{kind}.json", summary)
+    write_json(out / f"tune_{kind}.json", summary)
     return summary
 
 
@@ -224,7 +224,7 @@ def _finish_grid(ranked, tv, confirm, pair, prompts, max_new, out: Path, summary
             "measured_tokens_per_s": chosen["measured_tokens_per_s"], "candidates": candidates,
             "study": summary["study"], "trials": summary["trials"], "traces": summary["traces"],
             "cost": summary["cost"]}
-    atomic.write_json(out / "grid.json", grid)
+    write_json(out / "grid.json", grid)
     log(f"tune grid: D={grid['depth']} V={grid['size']} ({grid['source']}) -> {out / 'grid.json'}")
     return {"grid": str(out / "grid.json"), "chosen": {"depth": chosen["depth"], "size": chosen["size"]},
             "confirmed": measured}

@@ -23,7 +23,7 @@ from realrun.drafters import LMDrafter
 from realrun.finetune import FinetuneConfig, RealDecoderEnv, run_finetune
 from realrun.loading import ModelPair
 from realrun.models import LoadedModel
-from realrun.trace_record import record_sequence
+from realrun.record import record_sequence
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread
 
 TOP_K, MAX_DEPTH, NEW = 3, 4, 12

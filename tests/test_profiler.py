@@ -129,7 +129,7 @@ def test_fingerprint_mismatch_refused_unless_forced(tmp_path):
 def test_tiny_sweep_on_random_models(tiny_target, tmp_path):
     from realrun.drafters import Eagle3Drafter
     from realrun.eagle3 import random_head
-    from realrun.profile_run import DecoderProbes
+    from realrun.probes import DecoderProbes
     from profiler import make_fingerprint, profile_device
 
     head = random_head(tiny_target, draft_vocab_size=128)
@@ -152,7 +152,7 @@ def test_tiny_sweep_on_random_models(tiny_target, tmp_path):
 
 
 def test_target_only_sweep(tiny_target, tmp_path):
-    from realrun.profile_run import DecoderProbes
+    from realrun.probes import DecoderProbes
     from profiler import make_fingerprint, profile_device
 
     spec = SweepSpec.preset("tiny")

@@ -16,7 +16,7 @@ from ltd_sim.trace import load_traces, save_sequence, sequence_path
 from realrun.cli import main
 from realrun.decoder import DecodeConfig, generate
 from realrun.drafters import LMDrafter
-from realrun.trace_record import record_sequence
+from realrun.record import record_sequence
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread
 
 TOP_K, MAX_DEPTH, NEW = 3, 4, 14

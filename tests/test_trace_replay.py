@@ -22,7 +22,7 @@ from ltd_sim.tree import accepted_length_on_trace
 from realrun.decoder import DecodeConfig, generate
 from realrun.drafters import Eagle3Drafter, LMDrafter
 from realrun.eagle3 import random_head
-from realrun.trace_record import record_sequence
+from realrun.record import record_sequence
 
 TOP_K, MAX_DEPTH, NEW = 4, 5, 24
 SPEC = FeatureSpec(top_k=TOP_K, max_depth=MAX_DEPTH)

@@ -9,12 +9,12 @@ from ltd_sim.errors import LTDError
 
 
 def add_parser(sub) -> None:
-    from realrun.cli import _add_decode_options
+    from realrun.cli.options import add_decode_options
     from realrun.finetune import FinetuneConfig
 
     d = FinetuneConfig()
     p = sub.add_parser("finetune", help="fine-tune LTD policies with PPO on the real decoder")
-    _add_decode_options(p)
+    add_decode_options(p)
     p.add_argument("--policy", required=True, help="policy folder to start from (from `ltd pretrain`: OUT/policies)")
     p.add_argument("--out", required=True, help="run folder: policies/ (best validated), checkpoints/, state.json, tb/")
     p.add_argument("--prompts", required=True,
@@ -44,7 +44,7 @@ def cmd_finetune(args) -> int:
     from ltd_sim.policy import load_policies
     from realrun.finetune import FinetuneConfig, encode_prompts, run_finetune
     from realrun.loading import load_pair, set_threads
-    from realrun.trace_record import read_prompts
+    from realrun.record import read_prompts
 
     cfg = FinetuneConfig(rounds=args.rounds, n_steps=args.n_steps, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, max_new_tokens=args.max_new_tokens,

@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
 def cmd_pretrain(args) -> int:
     from ltd_sim.errors import LTDError
     from ltd_sim.train import PretrainConfig, pretrain
-    from realrun.cmd_sim import load_tables
+    from realrun.simulate import load_tables
 
     for name in ("stage1_steps", "stage2_steps"):
         if getattr(args, name) < 1:

@@ -9,7 +9,7 @@ from ltd_sim.errors import LTDError
 
 
 def add_parser(sub) -> None:
-    from realrun.cli import _add_decode_options
+    from realrun.cli.options import add_decode_options
 
     p = sub.add_parser("tune", help="Optuna: PPO + feature hyperparameters (ppo) or the static (D, V) grid (grid)")
     p.add_argument("kind", nargs="?", default="grid", choices=["ppo", "grid"], help="which study (default grid)")
@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
     p.add_argument("--confirm", type=int, default=0, help="confirm the best K on the real decoder (needs --draft)")
     p.add_argument("--trial-steps", type=int, default=20_000, help="ppo: stage-1 env steps per policy per trial")
     p.add_argument("--seed", type=int, default=None, help="sampler seed (leave unset when workers share a study)")
-    _add_decode_options(p)
+    add_decode_options(p)
     p.add_argument("--prompts", default=None, help="confirmation prompts (Spec-Bench jsonl or lines; "
                                                    "their validation fifth is decoded)")
     p.add_argument("--limit", type=int, default=None, help="first N prompts only")
@@ -46,7 +46,7 @@ def cmd_tune(args) -> int:
             raise LTDError("--confirm needs the real decoder: --draft (and --target) and --prompts")
         from realrun.finetune import encode_prompts
         from realrun.loading import load_pair, set_threads
-        from realrun.trace_record import read_prompts
+        from realrun.record import read_prompts
 
         texts = read_prompts(args.prompts, args.limit)
         set_threads()

@@ -3,32 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 from ltd_sim.errors import LTDError
-
-
-def load_cost(path: str):
-    """A cost model JSON: the profiler's fitted models, or ltd_sim's synthetic analytic model."""
-    from ltd_sim.cost_model import ANALYTIC_KIND, AnalyticCostModel
-
-    from ltd_sim.atomic import read_json
-
-    p = Path(path)
-    data = read_json(p, "--cost")
-    if isinstance(data, dict) and data.get("kind") == ANALYTIC_KIND:
-        return AnalyticCostModel.from_json(data)
-    from profiler import load_cost_model  # the profiler's fitted models (imported only when needed)
-
-    return load_cost_model(p)
-
-
-def load_tables(traces: str, cost_path: str, split: str = "all"):
-    from ltd_sim.sim import SimTables
-    from ltd_sim.trace import load_traces
-
-    cost = load_cost(cost_path)
-    return SimTables.build(load_traces(traces, split), cost)
 
 
 def add_parser(sub) -> None:
@@ -56,21 +31,9 @@ def add_parser(sub) -> None:
     v.set_defaults(func=cmd_sim_serve)
 
 
-def run_sim_eval(traces: str, cost: str, split: str = "all", policy: str | None = None) -> dict:
-    """Every baseline, the oracle and (with `policy`) the LTD policies on one split of the traces."""
-    from ltd_sim.baselines import evaluate
-    from ltd_sim.policy import PolicyController, decision_tables
-
-    controller = PolicyController(policy) if policy else None  # fail before the work
-    tables = load_tables(traces, cost, split)
-    schedule = None
-    if controller is not None:
-        controller.check_compatible(tables.top_k, tables.max_depth)
-        schedule = decision_tables(tables, controller.depth_model, controller.size_model)
-    return evaluate(tables, schedule)
-
-
 def cmd_sim_eval(args) -> int:
+    from realrun.simulate import run_sim_eval
+
     report = run_sim_eval(args.traces, args.cost, args.split, args.policy)
     if args.json:
         print(json.dumps(report))
@@ -85,31 +48,14 @@ def cmd_sim_eval(args) -> int:
 
 
 def cmd_sim_serve(args) -> int:
-    from ltd_sim.baselines import EAGLE3
-    from ltd_sim.policy import PolicyController, decision_tables
-    from ltd_sim.serving import Schedule, plot, sweep
-    from ltd_sim.sim import static_grid
+    from ltd_sim.serving import plot
+    from realrun.simulate import serving_sweep
 
     try:
         rates = [float(r) for r in args.rates.split(",")]
     except ValueError:
         raise LTDError(f"--rates must be numbers separated by commas, got {args.rates!r}") from None
-    if not rates or min(rates) <= 0 or args.requests < 1 or args.max_batch < 1:
-        raise LTDError("--rates must be positive, --requests and --max-batch at least 1")
-    controller = PolicyController(args.policy) if args.policy else None
-    cost = load_cost(args.cost)
-    from ltd_sim.sim import SimTables
-    from ltd_sim.trace import load_traces
-
-    tables = SimTables.build(load_traces(args.traces, args.split), cost)
-    grid = static_grid(tables)
-    best = max(grid, key=lambda k: grid[k].tokens_per_s)
-    schedules = [Schedule.static(tables, 1, 0, "no speculation (1,0)"),
-                 Schedule.static(tables, *best, f"best static {best}"),
-                 Schedule.static(tables, min(EAGLE3[0], tables.max_depth), EAGLE3[1], "eagle3")]
-    if controller is not None:
-        schedules.append(Schedule("ltd", *decision_tables(tables, controller.depth_model, controller.size_model)))
-    rows = sweep(tables, cost, schedules, rates, n_requests=args.requests, max_batch=args.max_batch)
+    rows = serving_sweep(args.traces, args.cost, args.split, args.policy, rates, args.requests, args.max_batch)
     if args.plot:
         plot(rows, args.plot)
     if args.json:

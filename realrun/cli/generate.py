@@ -1,41 +1,18 @@
-"""The `ltd` command line. Each subcommand lives in its own module, registered in SUBCOMMANDS."""
+"""`ltd generate`: text from the target, speculative with --draft, else autoregressive."""
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import json
 import sys
 
 from ltd_sim import defaults
 from ltd_sim.errors import LTDError
-
-# module path -> it defines add_parser(subparsers) which sets `func` on its parser
-SUBCOMMANDS = [
-    "realrun.cli",  # generate, models (below)
-    "realrun.cmd_draft",
-    "realrun.cmd_profile",
-    "realrun.cmd_trace",  # trace
-    "realrun.cmd_sim",  # sim eval
-    "realrun.cmd_pretrain",  # pretrain
-    "realrun.cmd_bench",  # bench
-    "realrun.cmd_finetune",  # finetune
-    "realrun.cmd_tune",  # tune
-    "realrun.pipeline",  # pipeline
-]
-
-
-def _add_decode_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", default=None, help="local Hugging Face model dir (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--draft", default=None, help="draft dir, or 'default' for the cached EAGLE-3 head")
-    p.add_argument("--draft-kind", choices=["lm", "eagle3"], default=None)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 (default: fp32 on CPU, bf16 on CUDA)")
+from realrun.cli.options import add_decode_options
 
 
 def add_parser(sub) -> None:
     g = sub.add_parser("generate", help="generate text (speculative with --draft, else autoregressive)")
-    _add_decode_options(g)
+    add_decode_options(g)
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt")
     src.add_argument("--prompt-file")
@@ -52,10 +29,6 @@ def add_parser(sub) -> None:
                         "(instead of --depth/--size; --top-k and --depth must match its spec)")
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=cmd_generate)
-
-    m = sub.add_parser("models", help="report (and prepare) the default models")
-    m.add_argument("--json", action="store_true")
-    m.set_defaults(func=cmd_models)
 
 
 def cmd_generate(args) -> int:
@@ -108,43 +81,3 @@ def cmd_generate(args) -> int:
         print(f"\n[{len(result.token_ids)} tokens, {result.tokens_per_s:.1f} tok/s, tau {result.tau:.2f}, "
               f"{len(result.cycles)} cycles, stop: {result.stop_reason}{extra}]", file=sys.stderr)
     return 0
-
-
-def cmd_models(args) -> int:
-    from realrun.models import cache_dir, default_draft_dir, prepare_default_target
-
-    target = prepare_default_target()
-    draft = default_draft_dir()
-    has_draft = (draft / "config.json").is_file()
-    info = {"target": str(target), "draft": str(draft) if has_draft else None,
-            "draft_kind": "eagle3" if has_draft else None, "cache_dir": str(cache_dir())}
-    if args.json:
-        print(json.dumps(info))
-    else:
-        for k, v in info.items():
-            print(f"{k:11s} {v}")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ltd", description="Learning to Draft: adaptive speculative decoding")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in SUBCOMMANDS:
-        importlib.import_module(name).add_parser(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except LTDError as exc:
-        print(f"ltd: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("ltd: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

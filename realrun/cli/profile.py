@@ -25,7 +25,7 @@ def cmd_profile(args) -> int:
     from pathlib import Path
 
     from profiler.build import MODEL_FILE, SUMMARY_FILE
-    from realrun.profile_run import run_profile
+    from realrun.probes import run_profile
 
     preset = args.preset or ("quick" if args.quick else "full")
     if args.refit:

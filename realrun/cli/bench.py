@@ -11,10 +11,10 @@ from ltd_sim.errors import LTDError
 
 def add_parser(sub) -> None:
     from realrun.bench import HF_ASSISTANT_TOKENS, METHODS, SWEEP_QUESTIONS, SWEEP_TOKENS
-    from realrun.cli import _add_decode_options
+    from realrun.cli.options import add_decode_options
 
     p = sub.add_parser("bench", help="benchmark decoding methods side by side (Spec-Bench protocol)")
-    _add_decode_options(p)
+    add_decode_options(p)
     p.add_argument("--questions", default=None,
                    help="Spec-Bench jsonl (question_id, category, turns); default: HumanEval 80-163 + chat prompts")
     p.add_argument("--categories", default=None, help="comma-separated categories to keep")

@@ -9,10 +9,10 @@ from ltd_sim.errors import LTDError
 
 
 def add_parser(sub) -> None:
-    from realrun.cli import _add_decode_options
+    from realrun.cli.options import add_decode_options
 
     p = sub.add_parser("trace", help="record draft-tree traces for the simulator")
-    _add_decode_options(p)
+    add_decode_options(p)
     p.add_argument("--prompts", required=True, help="Spec-Bench jsonl (question_id, category, turns) or text lines")
     p.add_argument("--out", required=True, help="trace folder (seq_NNNNN.npz + manifest.json)")
     p.add_argument("--max-new-tokens", type=int, default=defaults.MAX_NEW_TOKENS)
@@ -30,7 +30,7 @@ def cmd_trace(args) -> int:
     from realrun.decoder import DecodeConfig
     from realrun.loading import load_pair, set_threads
     from realrun.models import encode_prompt
-    from realrun.trace_record import read_prompts, record_prompts
+    from realrun.record import read_prompts, record_prompts
 
     if args.draft is None:
         raise LTDError("`ltd trace` needs a draft model: --draft DIR (or --draft default)")

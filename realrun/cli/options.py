@@ -1,0 +1,13 @@
+"""Options shared by the commands that load a target and a drafter."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_decode_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default=None, help="local Hugging Face model dir (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--draft", default=None, help="draft dir, or 'default' for the cached EAGLE-3 head")
+    p.add_argument("--draft-kind", choices=["lm", "eagle3"], default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 (default: fp32 on CPU, bf16 on CUDA)")
