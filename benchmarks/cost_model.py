@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from ltd_sim import defaults
 from ltd_sim.control import StaticDepth, StaticSize

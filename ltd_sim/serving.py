@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
-from ltd_sim.io import write_bytes, write_json
+from ltd_sim.io import write_bytes
 from ltd_sim.sim import SimTables
 
 

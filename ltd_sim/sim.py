@@ -19,7 +19,7 @@ import numpy as np
 from ltd_sim import defaults
 from ltd_sim.cost_model import CostModel
 from ltd_sim.errors import LTDError
-from ltd_sim.features import DEFAULT_SPEC, FeatureSpec, observe, step_stats
+from ltd_sim.features import FeatureSpec, observe, step_stats
 from ltd_sim.trace import TraceSequence
 from ltd_sim.tree import accepted_length_table
 

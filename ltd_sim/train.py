@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ltd_sim.io import write_bytes, write_json
+from ltd_sim.io import write_json
 from ltd_sim.errors import LTDError
 from ltd_sim.policy import decision_tables, depth_table, save_policies, size_table
 from ltd_sim.sim import SimTables, simulate_tables, static_grid

@@ -42,7 +42,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from ltd_sim.io import write_bytes, write_json
+from ltd_sim.io import write_json
 from ltd_sim.envs import REWARDS
 from ltd_sim.errors import LTDError
 from ltd_sim.features import FeatureSpec, observe

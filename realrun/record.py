@@ -8,7 +8,6 @@ and the output itself is each position's continuation.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -42,30 +41,6 @@ def record_sequence(target, drafter, prompt_ids, max_new_tokens: int = defaults.
                       eos_ids=eos_ids, context_limit=context_limit, on_cycle=on_cycle)
     info = {"prompt_len": int(np.asarray(prompt_ids).size), "stop_reason": result.stop_reason, **(meta or {})}
     return TraceSequence.from_trees(trees, result.token_ids, contexts, top_k, max_depth, info)
-
-
-def read_prompts(path: str | Path, limit: int | None = None) -> list[dict]:
-    """Spec-Bench jsonl ({"question_id", "category", "turns"}: the first turn) or plain text lines."""
-    path = Path(path)
-    try:
-        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except OSError as exc:
-        raise LTDError(f"cannot read --prompts {path}: {exc}") from None
-    prompts = []
-    for i, line in enumerate(lines):
-        if line.lstrip().startswith("{"):
-            try:
-                obj = json.loads(line)
-                text = obj["turns"][0] if "turns" in obj else obj["prompt"]
-            except (ValueError, KeyError, IndexError, TypeError) as exc:
-                raise LTDError(f"{path}:{i + 1}: not a Spec-Bench record ({type(exc).__name__})") from None
-            prompts.append({"id": str(obj.get("question_id", i)), "category": obj.get("category", ""),
-                            "text": str(text)})
-        else:
-            prompts.append({"id": str(i), "category": "", "text": line})
-    if not prompts:
-        raise LTDError(f"--prompts {path} has no prompts")
-    return prompts[:limit] if limit else prompts
 
 
 def _done(path: Path) -> bool:

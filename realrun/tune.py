@@ -29,7 +29,7 @@ import socket
 import time
 from pathlib import Path
 
-from ltd_sim.io import write_bytes, write_json
+from ltd_sim.io import write_json
 from ltd_sim.errors import LTDError
 
 KINDS = ("ppo", "grid")

@@ -214,7 +214,7 @@ def test_build_end_to_end_on_user_prompts_alone_and_resume_checks_them(tiny_chat
 
     from realrun.draft_build import BuildConfig, build, user_prompt_items
     from realrun.models import encode_prompt, load_causal_lm
-    from realrun.record import read_prompts
+    from realrun.prompts import read_prompts
 
     qfile = tmp_path / "mine.jsonl"
     qfile.write_text("".join(json.dumps({"question_id": i, "category": "coding" if i % 2 else "writing",

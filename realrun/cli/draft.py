@@ -58,7 +58,7 @@ def cmd_draft_build(args) -> int:
     user_prompts = None
     if args.prompts:
         from realrun.draft_build import user_prompt_items
-        from realrun.record import read_prompts
+        from realrun.prompts import read_prompts
 
         user_prompts = user_prompt_items(read_prompts(args.prompts))
     report = build(args.target, args.out, cfg, resume=args.resume, work=args.work, progress=not args.quiet,

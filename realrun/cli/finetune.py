@@ -44,7 +44,7 @@ def cmd_finetune(args) -> int:
     from ltd_sim.policy import load_policies
     from realrun.finetune import FinetuneConfig, encode_prompts, run_finetune
     from realrun.loading import load_pair, set_threads
-    from realrun.record import read_prompts
+    from realrun.prompts import read_prompts
 
     cfg = FinetuneConfig(rounds=args.rounds, n_steps=args.n_steps, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, max_new_tokens=args.max_new_tokens,

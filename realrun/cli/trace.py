@@ -30,7 +30,8 @@ def cmd_trace(args) -> int:
     from realrun.decoder import DecodeConfig
     from realrun.loading import load_pair, set_threads
     from realrun.models import encode_prompt
-    from realrun.record import read_prompts, record_prompts
+    from realrun.prompts import read_prompts
+    from realrun.record import record_prompts
 
     if args.draft is None:
         raise LTDError("`ltd trace` needs a draft model: --draft DIR (or --draft default)")

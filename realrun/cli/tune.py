@@ -46,7 +46,7 @@ def cmd_tune(args) -> int:
             raise LTDError("--confirm needs the real decoder: --draft (and --target) and --prompts")
         from realrun.finetune import encode_prompts
         from realrun.loading import load_pair, set_threads
-        from realrun.record import read_prompts
+        from realrun.prompts import read_prompts
 
         texts = read_prompts(args.prompts, args.limit)
         set_threads()
