@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import numpy as np
 
 from ltd_sim.errors import LTDError
 from ltd_sim.features import FeatureSpec, observe
+from ltd_sim.io import read_dir, replace_dir, write_with
 from ltd_sim.sim import SimTables, first_stop
 from ltd_sim.tree import DraftTree
 
@@ -52,40 +51,22 @@ def decision_tables(t: SimTables, depth_model, size_model) -> tuple[np.ndarray, 
     return depth_table(t, depth_model), size_table(t, size_model)
 
 
-def _save_zip(model, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".zip", dir=path.parent)
-    os.close(fd)
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def save_policy_zip(model, path: Path) -> None:
+    """One stable-baselines3 model as a zip, written atomically (SB3 appends ".zip" to a path without one)."""
+    write_with(path, lambda tmp: model.save(tmp))
 
 
 def save_policies(out_dir: str | os.PathLike, depth_model, size_model, spec: FeatureSpec,
                   extra: dict | None = None) -> Path:
     """Write depth.zip, size.zip and spec.json into `out_dir` (a fresh folder swapped in atomically)."""
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
-    try:
-        _save_zip(depth_model, tmp / "depth.zip")
-        _save_zip(size_model, tmp / "size.zip")
+    with replace_dir(out) as tmp:
+        depth_model.save(tmp / "depth.zip")
+        size_model.save(tmp / "size.zip")
         info = {"format": POLICY_FORMAT, "version": POLICY_VERSION, "features": spec.to_json(),
                 "depth_actions": list(DEPTH_ACTIONS), "size_grid": list(spec.size_grid),
                 "top_k": spec.top_k, "max_depth": spec.max_depth, **(extra or {})}
         (tmp / "spec.json").write_text(json.dumps(info, indent=2) + "\n")
-        if out.exists():
-            old = out.with_name(f".old-{out.name}-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -93,7 +74,7 @@ def load_policies(policy_dir: str | os.PathLike):
     """(depth model, size model, FeatureSpec, spec dict) from a policy folder."""
     from stable_baselines3 import PPO
 
-    d = Path(policy_dir)
+    d = read_dir(policy_dir)
     spec_path = d / "spec.json"
     if not spec_path.is_file():
         raise LTDError(f"no policy at {d} (expected spec.json, depth.zip, size.zip)")

