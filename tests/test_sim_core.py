@@ -53,23 +53,28 @@ def test_env_checker(tables):
 
 
 def test_vec_env_episode_is_a_generation(tables):
-    """Random play in the vectorised depth env commits exactly each sequence's tokens, and the
-    'time' reward sums to L - rate * T."""
-    env = envs.SimVecEnv("depth", tables, 5, n=8, seed=1, rate=50.0)
+    """Random play in the vectorised depth env commits exactly each sequence's tokens, and the 'time'
+    reward sums to L - rate * T: L the sequence's length, T the summed cost of the cycles it took."""
+    size_index, rate = 5, 50.0
+    env = envs.SimVecEnv("depth", tables, size_index, n=8, seed=1, rate=rate)
     env.reset()
+    core = env.core
     rng = np.random.default_rng(0)
-    returns, finished = np.zeros(8), []
+    returns, seconds, finished = np.zeros(8), np.zeros(8), 0
     for _ in range(3000):
-        _, r, done, infos = env.step(rng.integers(0, 2, size=8))
+        seq, pos, depth = core.seq.copy(), core.pos.copy(), core.depth.copy()
+        actions = rng.integers(0, 2, size=8)
+        cycle_ends = (actions == envs.STOP) | (depth >= tables.dmax[pos])
+        seconds[cycle_ends] += tables.cost[pos[cycle_ends], depth[cycle_ends] - 1, size_index]
+        _, r, done, infos = env.step(actions)
         returns += r
         for i in np.flatnonzero(done):
             assert "terminal_observation" in infos[i]
-            finished.append(returns[i])
-            returns[i] = 0
-    assert len(finished) > 20
-    counts = tables.seq_end - tables.seq_start
-    # every return is L - 50 * T for some sequence and T > 0: below the sequence's length
-    assert max(finished) < counts.max()
+            length = tables.seq_end[seq[i]] - tables.seq_start[seq[i]]
+            assert returns[i] == pytest.approx(length - rate * seconds[i], rel=1e-4, abs=1e-3)
+            returns[i] = seconds[i] = 0
+            finished += 1
+    assert finished > 20
 
 
 def test_oracle_never_beaten(tables):
