@@ -18,7 +18,6 @@ from ltd_sim import defaults
 from ltd_sim.errors import LTDError
 from ltd_sim.io import read_dir, replace_dir
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights are never fetched at run time
 
 
 def _quiet_transformers() -> None:
@@ -65,8 +64,9 @@ def prepare_default_target(progress: bool = True) -> Path:
     gguf = _gguf_path()
     if progress:
         print(f"preparing the default target from {gguf.name} (once; about 30 s)...", flush=True)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                  local_files_only=True)
     # save_pretrained refuses a GGUF-loaded model: rebuild a plain one from its config.
     config_dict = loaded.config.to_dict()
     config_dict.pop("quantization_config", None)
