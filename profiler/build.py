@@ -5,16 +5,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 
-
+from ltd_sim import defaults
+from ltd_sim.io import write_json, write_text
 from profiler.fit import fit_component
-from profiler.model import COMPONENTS, FittedCostModel, write_json_atomic
+from profiler.model import COMPONENTS, FittedCostModel
 from profiler.sweeps import PhaseProbes, SweepResult, SweepSpec, run_sweeps
-from profiler.timing import Timer
+from profiler.timing import OUTLIER_MADS, Timer
 
 MODEL_FILE = "cost_model.json"
 MEASUREMENTS_FILE = "measurements.json"
 SUMMARY_FILE = "profile.md"
+
+
+def example_settings(count: int = 6, depth: int = defaults.MAX_DEPTH, size: int = defaults.STATIC_SIZE,
+                     grid: tuple[int, ...] = defaults.SIZE_GRID) -> list[tuple[int, int]]:
+    """The (depth, V) cycles profile.md prices: from a plain decoding step (V = 0) up to the static
+    EAGLE-3 setting, V spread evenly over the size grid and depth growing in proportion to V."""
+    picks = np.linspace(0, grid.index(size), count).round().astype(int)
+    return [(max(1, round(depth * grid[i] / size)), grid[i]) for i in picks]
 
 
 def fit_cost_model(result: SweepResult, fingerprint: dict) -> FittedCostModel:
@@ -42,7 +52,7 @@ def profile_device(probes: PhaseProbes, spec: SweepSpec, timer: Timer, fingerpri
     """Sweep, fit, and write cost_model.json, measurements.json, plots/*.png and profile.md."""
     out = Path(out_dir)
     result = run_sweeps(probes, spec, timer, progress=progress)
-    write_json_atomic(out / MEASUREMENTS_FILE, result.to_json())
+    write_json(out / MEASUREMENTS_FILE, result.to_json())
     return _fit_and_write(result, fingerprint, out, plots)
 
 
@@ -72,13 +82,14 @@ def _pct(x) -> str:
 
 
 def write_summary(model: FittedCostModel, result: SweepResult, path: Path, images: list[Path]) -> Path:
+    """profile.md: the fingerprint, the sweep, each component's CV error and a table of cycle times."""
     fp = model.fingerprint
     spec = result.spec
     lines = ["# Cost-model profile", "",
              "| fingerprint | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in fp.items()]
     lines += ["", f"Sweep `{spec['name']}`: {result.wall_s:.0f} s, {model.meta['samples']} timed samples, "
-              f"{model.meta['outliers']} flagged as outliers (> 4 scaled MADs from their median); "
+              f"{model.meta['outliers']} flagged as outliers (> {OUTLIER_MADS:g} scaled MADs from their median); "
               f"contexts {list(spec['context_lens'])}, top-k {list(spec['top_ks'])}, "
               f"{spec['warmup']} warm-up + {spec['repeats']} timed repeats per point.", "",
               "| component | points | CV MAPE | CV median APE | CV max APE |", "|---|---|---|---|---|"]
@@ -92,20 +103,15 @@ def write_summary(model: FittedCostModel, result: SweepResult, path: Path, image
               f"Predicted cycle time (ms) at top-k {k}, with depth + 1 policy decisions:", "",
               "| depth | V | " + " | ".join(f"ctx {c}" for c in ctx) + " |",
               "|---|---|" + "---|" * len(ctx)]
-    for d, v in ((1, 0), (1, 2), (3, 8), (4, 16), (6, 32), (8, 60)):
+    for d, v in example_settings():
         row = " | ".join(f"{1e3 * model.predict_cycle(d, v, c, k):.1f}" for c in ctx)
         lines.append(f"| {d} | {v} | {row} |")
     if images:
         lines += [""] + [f"![{p.stem}](plots/{p.name})" for p in images]
-    text = "\n".join(lines) + "\n"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text(path, "\n".join(lines) + "\n")
     return path
 
 
 def load_measurements(path: str | Path) -> SweepResult:
+    """The raw sweep a profile wrote (measurements.json), for refitting without timing."""
     return SweepResult.from_json(json.loads(Path(path).read_text()))
-
-
-

@@ -13,13 +13,13 @@ import datetime as _dt
 import json
 import os
 import platform
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ltd_sim.cost_model import predict_cycle
 from ltd_sim.errors import LTDError
+from ltd_sim.io import write_json
 from profiler.fit import ARGS, FEATURES, predict_params
 
 FORMAT_VERSION = 1
@@ -95,10 +95,15 @@ class FittedCostModel:
     def predict_cycle(self, depth: int, size: int, context_len: int, top_k: int) -> float:
         return predict_cycle(self, depth, size, context_len, top_k)
 
-    # ---- extras ----
+    # ---- extras: the batch cost the serving simulation reads (ltd_sim.serving.batched_verify) ----
+    @property
+    def has_batch_forward(self) -> bool:
+        """Whether the profile measured batched forwards (a sweep with batch points)."""
+        return "batch_forward" in self.components
+
     def batch_forward(self, batch: int, tokens: int) -> float:
         """A target forward of `batch` sequences x `tokens` new tokens (serving simulation)."""
-        if "batch_forward" not in self.components:
+        if not self.has_batch_forward:
             raise LTDError("this cost model has no batch_forward component (profile again)")
         return self._eval("batch_forward", batch, tokens)
 
@@ -119,24 +124,9 @@ class FittedCostModel:
         return cls(d["components"], d["policy_s"], d["fingerprint"], d.get("include_policy", True), d.get("meta"))
 
     def save(self, path: str | os.PathLike) -> Path:
-        return write_json_atomic(path, self.to_json())
-
-
-def write_json_atomic(path: str | os.PathLike, payload: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+        """Write the model's JSON atomically; returns the path."""
+        write_json(path, self.to_json())
+        return Path(path)
 
 
 def _n_linear(name: str) -> int:

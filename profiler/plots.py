@@ -1,18 +1,20 @@
-"""Plots: measured medians (with their interquartile range) against the fitted curve, per component."""
+"""Plots: measured medians (with their interquartile range) against the fitted curve, per component.
+
+Figures are `matplotlib.figure.Figure` objects, not pyplot's: they need no GUI backend (so nothing
+switches matplotlib's global backend) and are freed with their last reference.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from profiler.model import FittedCostModel  # noqa: E402
-from profiler.sweeps import SweepResult  # noqa: E402
+from ltd_sim.io import write_with
+from profiler.model import FittedCostModel
+from profiler.sweeps import SweepResult
 
 
 def _errbar(ax, x, ms, color, label):
@@ -32,7 +34,7 @@ def _verify(ax, model, result):
     vmax = max(m.key["size"] for m in ms)
     grid = np.arange(0, vmax + 1)
     for i, c in enumerate(ctxs):
-        color = plt.cm.viridis(i / max(len(ctxs) - 1, 1))
+        color = colormaps["viridis"](i / max(len(ctxs) - 1, 1))
         pts = sorted((m for m in ms if m.key["context_len"] == c), key=lambda m: m.key["size"])
         _errbar(ax, [m.key["size"] for m in pts], pts, color, f"ctx {c}")
         ax.plot(grid, [1e3 * model.verify(v, c) for v in grid], "-", color=color, lw=1, drawstyle="default")
@@ -46,7 +48,7 @@ def _draft(ax, model, result):
     ks = sorted({m.key["top_k"] for m in ms})
     combos = [(k, c) for k in ks for c in (ctxs[0], ctxs[-1])]
     for i, (k, c) in enumerate(dict.fromkeys(combos)):
-        color = plt.cm.plasma(i / max(len(combos) - 1, 1))
+        color = colormaps["plasma"](i / max(len(combos) - 1, 1))
         pts = sorted((m for m in ms if m.key["top_k"] == k and m.key["context_len"] == c), key=lambda m: m.key["step"])
         steps = [m.key["step"] for m in pts]
         _errbar(ax, steps, pts, color, f"k={k} ctx {c}")
@@ -60,7 +62,7 @@ def _overhead(ax, model, result):
     combos = sorted({(m.key["depth"], m.key["top_k"]) for m in ms})
     fixed = model.without_policy()
     for i, (d, k) in enumerate(combos):
-        color = plt.cm.tab10(i % 10)
+        color = colormaps["tab10"](i % 10)
         pts = sorted((m for m in ms if m.key["depth"] == d and m.key["top_k"] == k), key=lambda m: m.key["size"])
         sizes = [m.key["size"] for m in pts]
         _errbar(ax, sizes, pts, color, f"D={d} k={k}")
@@ -74,7 +76,7 @@ def _batch(ax, model, result):
     ms = result.components["batch_forward"]
     bs = sorted({m.key["batch"] for m in ms})
     for i, b in enumerate(bs):
-        color = plt.cm.cividis(i / max(len(bs) - 1, 1))
+        color = colormaps["cividis"](i / max(len(bs) - 1, 1))
         pts = sorted((m for m in ms if m.key["batch"] == b), key=lambda m: m.key["tokens"])
         ts = [m.key["tokens"] for m in pts]
         _errbar(ax, ts, pts, color, f"batch {b}")
@@ -86,11 +88,8 @@ def _batch(ax, model, result):
 PANELS = {"verify": _verify, "draft_step": _draft, "overhead": _overhead, "batch_forward": _batch}
 
 
-def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+def _save(fig: Figure, path: Path) -> Path:
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     return path
 
 
@@ -101,12 +100,14 @@ def plot_all(model: FittedCostModel, result: SweepResult, out_dir: str | Path) -
     names = [n for n in PANELS if result.components.get(n)]
     paths = []
     for name in names:
-        fig, ax = plt.subplots(figsize=(6, 4), tight_layout=True)
+        fig = Figure(figsize=(6, 4), tight_layout=True)
+        ax = fig.subplots()
         PANELS[name](ax, model, result)
         paths.append(_save(fig, out / f"{name}.png"))
     cols = 2
     rows = (len(names) + 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(12, 4.2 * rows), tight_layout=True, squeeze=False)
+    fig = Figure(figsize=(12, 4.2 * rows), tight_layout=True)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, name in zip(axes.flat, names):
         PANELS[name](ax, model, result)
     for ax in list(axes.flat)[len(names):]:

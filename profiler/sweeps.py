@@ -45,38 +45,43 @@ class PhaseProbes(Protocol):
 
 @dataclass
 class SweepSpec:
+    """What one profile measures: the grid of every component, and how often each point is timed."""
+
     name: str
-    context_lens: tuple[int, ...]
+    context_lens: tuple[int, ...]  # draft and verify are measured at each
     top_ks: tuple[int, ...]
-    max_depth: int
-    sizes: tuple[int, ...]
+    max_depth: int  # draft steps of each draft_tree call (one duration per step)
+    sizes: tuple[int, ...]  # V values of the verify sweep
     overhead_depths: tuple[int, ...]
     overhead_sizes: tuple[int, ...]
     overhead_context: int
     batch_sizes: tuple[int, ...]
-    batch_tokens: tuple[int, ...]
+    batch_tokens: tuple[int, ...]  # new tokens per sequence of a batched forward
     batch_context: int
-    warmup: int
-    repeats: int
+    warmup: int  # untimed runs per point
+    repeats: int  # timed runs per point
     policy_obs_dim: int = 16
 
     @classmethod
     def preset(cls, name: str) -> "SweepSpec":
+        """`tiny` (seconds, for the tests' tiny models), `quick` or `full`."""
         grid = tuple(defaults.SIZE_GRID)
         vmax = max(grid)
-        if name == "tiny":  # seconds, on the tiny random models of the tests
-            return cls("tiny", (16, 64), (2, 4), 3, (0, 1, 2, 4, 6, 8), (1, 3), (0, 4), 32,
-                       (1, 2), (1, 4), 16, warmup=1, repeats=3)
+        if name == "tiny":
+            return cls(name="tiny", context_lens=(16, 64), top_ks=(2, 4), max_depth=3, sizes=(0, 1, 2, 4, 6, 8),
+                       overhead_depths=(1, 3), overhead_sizes=(0, 4), overhead_context=32,
+                       batch_sizes=(1, 2), batch_tokens=(1, 4), batch_context=16, warmup=1, repeats=3)
         if name == "quick":
-            return cls("quick", (64, 512, 1024), (4, defaults.TOP_K),
-                       defaults.MAX_DEPTH, tuple(sorted(set(grid) | {5, 10, 20, 40})),
-                       (1, defaults.MAX_DEPTH), (0, vmax), 256,
-                       (1, 4, 16), (1, 4, 16), 128, warmup=1, repeats=4)
+            return cls(name="quick", context_lens=(64, 512, 1024), top_ks=(4, defaults.TOP_K),
+                       max_depth=defaults.MAX_DEPTH, sizes=tuple(sorted(set(grid) | {5, 10, 20, 40})),
+                       overhead_depths=(1, defaults.MAX_DEPTH), overhead_sizes=(0, vmax), overhead_context=256,
+                       batch_sizes=(1, 4, 16), batch_tokens=(1, 4, 16), batch_context=128, warmup=1, repeats=4)
         if name == "full":
-            return cls("full", (64, 128, 256, 512, 1024, 2048), (2, 4, 8, defaults.TOP_K, 16),
-                       defaults.MAX_DEPTH, tuple(range(0, vmax + 1)),
-                       (1, 4, defaults.MAX_DEPTH), (0, 8, 32, vmax), 512,
-                       (1, 2, 4, 8, 16), (1, 2, 4, 8, 16, 32), 256, warmup=2, repeats=7)
+            return cls(name="full", context_lens=(64, 128, 256, 512, 1024, 2048), top_ks=(2, 4, 8, defaults.TOP_K, 16),
+                       max_depth=defaults.MAX_DEPTH, sizes=tuple(range(0, vmax + 1)),
+                       overhead_depths=(1, 4, defaults.MAX_DEPTH), overhead_sizes=(0, 8, 32, vmax),
+                       overhead_context=512, batch_sizes=(1, 2, 4, 8, 16), batch_tokens=(1, 2, 4, 8, 16, 32),
+                       batch_context=256, warmup=2, repeats=7)
         raise ValueError(f"unknown sweep preset {name!r} (tiny, quick, full)")
 
     def capped(self, max_context: int) -> "SweepSpec":

@@ -1,7 +1,9 @@
-"""The timing harness: device-aware clocks, warm-ups, repeats, medians with spread, outliers.
+"""The timing harness: the one device-aware clock, warm-ups, repeats, medians with spread, outliers.
 
 On CUDA, work is asynchronous: a `Timer` records CUDA events and reads them after one
 synchronisation. On CPU it reads `time.perf_counter` (after a synchronisation that is a no-op there).
+`Timer.now()` is the plain wall clock after a synchronisation: the decoder (`realrun.decoder`) reads
+its per-cycle phase times with it, so the profiler and the decoder share one clock.
 A probe is a callable `probe(timer) -> list[float]`: it runs one repetition of the work it measures,
 using `timer.mark()` around the timed segments, and returns the segment durations (one number for
 most probes; one per draft step for the draft probe). Untimed set-up stays outside the marks.
@@ -50,10 +52,20 @@ class Timer:
         self.cuda = self.device.type == "cuda"
 
     def sync(self) -> None:
+        """Wait for the device's queued work (a no-op on CPU)."""
         if self.cuda:
             torch.cuda.synchronize(self.device)
 
+    def now(self) -> float:
+        """Wall-clock seconds once the device has finished its queued work.
+
+        For code that reads the clock between phases and acts on the values (the decoder's cycle
+        records); `mark`/`elapsed` are cheaper where only durations are needed."""
+        self.sync()
+        return time.perf_counter()
+
     def mark(self):
+        """A point in time: a recorded CUDA event on GPU, perf_counter seconds on CPU."""
         if self.cuda:
             event = torch.cuda.Event(enable_timing=True)
             event.record()

@@ -6,13 +6,13 @@ float 4D tree mask, positions = root position + depth), keeps the KV entries of 
 accepted path, and commits the accepted tokens plus the target's own next token (the bonus). With
 no drafter, or V = 0, the same loop is plain autoregressive decoding: the root alone is verified.
 
-Phase functions (`prefill`, `draft_tree`, `verify_tree`, `keep_cache_entries`) are public: the
-profiler times exactly these.
+`run_cycle` is one such cycle and `generate` a loop over it (plus the EOS and context cut-offs).
+The phase functions (`prefill`, `draft_tree`, `verify_tree`, `accept`, `keep_cache_entries`) and
+`run_cycle` are public: the profiler (`realrun.probes`) times exactly these, not a copy of them.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -22,7 +22,8 @@ from ltd_sim import defaults
 from ltd_sim.control import DepthController, SizeController, StaticDepth, StaticSize
 from ltd_sim.errors import LTDError
 from ltd_sim.tree import (DraftTree, TreeBuilder, ancestor_mask, greedy_accept, is_chain,
-                          local_parents, select_verify_set)
+                          local_parents, select_verify_set, tree_positions)
+from profiler.timing import Timer
 from realrun.drafters import Drafter, float_mask
 from realrun.sampling import sample_accept, target_probs
 
@@ -54,25 +55,37 @@ class DecodeConfig:
 
 @dataclass
 class CycleRecord:
+    """One cycle's shape, acceptance and phase times (what traces, fine-tuning and the bench read)."""
+
     depth: int  # draft steps taken
     size: int  # V: tree tokens verified with the root
-    top_k: int
+    top_k: int  # 0 when nothing was drafted (no drafter)
     accepted: int  # draft tokens accepted
     context_len: int  # tokens in the target's KV cache when the cycle began
-    draft_s: float
-    verify_s: float
-    overhead_s: float
-    total_s: float
+    draft_s: float  # draft_tree, the depth policy's decisions included
+    verify_s: float  # the target's verify forward
+    overhead_s: float  # the rest of the cycle: selection, acceptance, KV compaction, drafter commit
+    total_s: float  # draft_s + verify_s + overhead_s
 
 
 @dataclass
 class GenerationResult:
-    token_ids: list[int]  # new tokens only
+    """One generation: its new tokens, every cycle's record, and where the wall time went.
+
+    Two rates come from it and are never mixed (DESIGN.md, "Devices and rates"): the end-to-end rate
+    divides by `wall_s` (prefill included), the decode rate by `decode_s` (after the prefill)."""
+
+    token_ids: list[int]  # new tokens only; the first one comes from the prefill, the rest from cycles
     cycles: list[CycleRecord]
-    prefill_s: float
-    wall_s: float
+    prefill_s: float  # prompt forward, first-token pick and the drafter's own prefill
+    wall_s: float  # the whole generation: from the prefill's start to the end of the last cycle
     stop_reason: str  # "eos", "max_new_tokens" or "context"
     extra: dict = field(default_factory=dict)
+
+    @property
+    def decode_s(self) -> float:
+        """Seconds after the prefill: every cycle plus the loop's bookkeeping between cycles."""
+        return self.wall_s - self.prefill_s
 
     @property
     def tau(self) -> float:
@@ -83,6 +96,7 @@ class GenerationResult:
 
     @property
     def tokens_per_s(self) -> float:
+        """The end-to-end rate: new tokens / `wall_s` (prefill included)."""
         return len(self.token_ids) / self.wall_s if self.wall_s > 0 else 0.0
 
     def to_json(self) -> dict:
@@ -91,16 +105,13 @@ class GenerationResult:
                 "prefill_s": self.prefill_s, "stop_reason": self.stop_reason}
 
 
-class Clock:
-    """Wall-clock reads that wait for the device first (CUDA work is asynchronous)."""
+@dataclass
+class CycleResult:
+    """What one `run_cycle` did: the tree it drafted, the tokens it committed, its record."""
 
-    def __init__(self, device: torch.device):
-        self.sync = torch.cuda.synchronize if device.type == "cuda" else None
-
-    def now(self) -> float:
-        if self.sync is not None:
-            self.sync()
-        return time.perf_counter()
+    tree: DraftTree  # the full draft tree (the root alone when nothing was drafted)
+    new_tokens: list[int]  # the accepted draft tokens, then the target's bonus token
+    record: CycleRecord
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,18 +182,115 @@ def keep_cache_entries(cache, start: int, keep_local: list[int]) -> None:
 
 
 def cache_device(model) -> torch.device:
+    """The device of the model's weights, where its KV cache and inputs live."""
     return next(model.parameters()).device
 
 
+def context_length(target) -> int:
+    """Tokens the target's positions cover (its config's max_position_embeddings)."""
+    return int(getattr(target.config, "max_position_embeddings", defaults.FALLBACK_CONTEXT))
+
+
+@torch.no_grad()
+def accept(logits: torch.Tensor, parents_local: np.ndarray, tokens: np.ndarray, scores: np.ndarray,
+           cfg: DecodeConfig, generator: torch.Generator | None) -> tuple[list[int], int]:
+    """The accepted path (indices into the verify set, root excluded) and the bonus token.
+
+    Greedy: the longest path matching the target's argmax. T > 0: lossless multi-candidate
+    rejection over siblings, which needs the target's (temperature, top-p) law at each row."""
+    if cfg.temperature == 0:
+        return greedy_accept(parents_local, tokens, logits.argmax(-1).cpu().numpy())
+    probs_fn = lambda rows: target_probs(logits[rows], cfg.temperature, cfg.top_p)  # noqa: E731
+    return sample_accept(parents_local, tokens, scores, probs_fn, generator)
+
+
+def root_only_tree(root: int) -> DraftTree:
+    """The tree of a cycle that drafts nothing: the root alone, so the cycle is a plain decoding step."""
+    return DraftTree(np.array([root]), np.array([-1]), np.zeros(1, np.float32), np.zeros(1, np.int8))
+
+
 # --------------------------------------------------------------------------------------------
-# Generation loop
+# One cycle, and the generation loop over it
 # --------------------------------------------------------------------------------------------
 
+@torch.no_grad()
+def run_cycle(target, cache, drafter: Drafter | None, root: int, cfg: DecodeConfig,
+              depth_ctrl: DepthController, size_ctrl: SizeController, depth_limit: int, clock: Timer,
+              generator: torch.Generator | None = None) -> CycleResult:
+    """One draft-and-verify cycle below `root`, the last committed token (not yet in `cache`).
+
+    Drafts at most `depth_limit` steps (none without a drafter or below 1: then the root alone is
+    verified), verifies the root and the size controller's V best nodes in one target forward,
+    accepts, keeps the KV entries of the root and the accepted path, and commits the new tokens to
+    the drafter. `clock` splits the cycle into draft, verify and the rest (the overhead)."""
+    layers = drafter.feature_layers if drafter is not None else None
+    t_start = clock.now()
+    root_pos = cache.get_seq_length()
+    if drafter is not None and depth_limit >= 1:
+        tree = draft_tree(drafter, root, cfg.top_k, depth_limit, depth_ctrl, root_pos)
+        draft_s = clock.now() - t_start
+        selected = select_verify_set(tree.scores, size_ctrl.choose_size(tree, root_pos))
+    else:
+        tree, draft_s = root_only_tree(root), 0.0
+        selected = np.zeros(1, dtype=np.int64)
+    parents = local_parents(tree.parents, selected)
+    tokens = tree.tokens[selected]
+    positions = tree_positions(tree.steps, selected, root_pos)
+
+    t_verify = clock.now()
+    logits, hidden = verify_tree(target, cache, tokens, parents, positions, layers)
+    verify_s = clock.now() - t_verify
+
+    path, bonus = accept(logits, parents, tokens, tree.scores[selected], cfg, generator)
+    keep_cache_entries(cache, root_pos, [0] + path)
+    new_tokens = [int(t) for t in tokens[path]] + [bonus]
+    if drafter is not None:  # the drafter keeps its own state in step with the target's
+        drafter.end_cycle()
+        drafter.commit(torch.as_tensor(new_tokens, device=cache_device(target)),
+                       _features(hidden, layers, [0] + path))
+    total_s = clock.now() - t_start
+    record = CycleRecord(depth=tree.depth, size=len(selected) - 1, top_k=cfg.top_k if drafter is not None else 0,
+                         accepted=len(path), context_len=root_pos, draft_s=draft_s, verify_s=verify_s,
+                         overhead_s=total_s - draft_s - verify_s, total_s=total_s)
+    return CycleResult(tree, new_tokens, record)
+
+
 def _pick(logits: torch.Tensor, cfg: DecodeConfig, generator) -> int:
+    """The first token, from the prefill's last logits: argmax, or a sample of the target's law."""
     if cfg.temperature == 0:
         return int(logits.argmax())
     probs = target_probs(logits[None], cfg.temperature, cfg.top_p)[0]
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _sampling_generator(cfg: DecodeConfig, device: torch.device) -> torch.Generator | None:
+    """A seeded generator for T > 0 (a fresh seed when none is given); greedy needs none."""
+    if cfg.temperature == 0:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(cfg.seed if cfg.seed is not None else torch.seed() % (2**63))
+    return generator
+
+
+def _prompt_tensor(prompt_ids, device: torch.device, limit: int) -> torch.Tensor:
+    prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device).flatten()
+    if prompt.numel() == 0:
+        raise LTDError("the prompt is empty")
+    if prompt.numel() >= limit:
+        raise LTDError(f"the prompt has {prompt.numel()} tokens; the target's context holds {limit}")
+    return prompt
+
+
+def _commit(output: list[int], new_tokens: list[int], eos_ids, max_new_tokens: int) -> str:
+    """Append new tokens to `output`; EOS and the token budget may cut a cycle's tokens short.
+    Returns the stop reason, or "" to go on."""
+    for token in new_tokens:
+        output.append(token)
+        if token in eos_ids:
+            return "eos"
+        if len(output) >= max_new_tokens:
+            return "max_new_tokens"
+    return ""
 
 
 @torch.no_grad()
@@ -201,81 +309,32 @@ def generate(target, prompt_ids, drafter: Drafter | None = None, cfg: DecodeConf
     depth_ctrl = depth_ctrl or StaticDepth(cfg.max_depth)
     size_ctrl = size_ctrl or StaticSize(defaults.STATIC_SIZE)
     device = cache_device(target)
-    limit = context_limit or int(getattr(target.config, "max_position_embeddings", defaults.FALLBACK_CONTEXT))
-    prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device).flatten()
-    if prompt.numel() == 0:
-        raise LTDError("the prompt is empty")
-    if prompt.numel() >= limit:
-        raise LTDError(f"the prompt has {prompt.numel()} tokens; the target's context holds {limit}")
-    generator = None
-    if cfg.temperature > 0:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(cfg.seed if cfg.seed is not None else torch.seed() % (2**63))
+    limit = context_limit or context_length(target)
+    prompt = _prompt_tensor(prompt_ids, device, limit)
+    generator = _sampling_generator(cfg, device)
     layers = drafter.feature_layers if drafter is not None else None
-    clock = Clock(device)
+    clock = Timer(device)
 
     t_start = clock.now()
     cache = DynamicCache()
     last_logits, features = prefill(target, cache, prompt, layers)
-    root = _pick(last_logits, cfg, generator)
-    output = [root]
+    output: list[int] = []
+    stop = _commit(output, [_pick(last_logits, cfg, generator)], eos_ids, cfg.max_new_tokens)
     if drafter is not None:
-        drafter.begin(prompt, root, features)
+        drafter.begin(prompt, output[0], features)
     prefill_s = clock.now() - t_start
+
     cycles: list[CycleRecord] = []
-    stop = "eos" if root in eos_ids else ("max_new_tokens" if cfg.max_new_tokens <= 1 else "")
-
     while not stop:
-        t0 = clock.now()
-        root_pos = cache.get_seq_length()
         room = limit - (prompt.numel() + len(output)) - 1  # draft tokens that still fit the context
-        tree, draft_s = None, 0.0
-        if drafter is not None and room > 0:
-            tree = draft_tree(drafter, root, cfg.top_k, min(cfg.max_depth, room), depth_ctrl, root_pos)
-            t1 = clock.now()
-            draft_s = t1 - t0
-            size = size_ctrl.choose_size(tree, root_pos)
-            selected = select_verify_set(tree.scores, size)
-        else:
-            t1 = t0
-            tree = DraftTree(np.array([root]), np.array([-1]), np.zeros(1, np.float32), np.zeros(1, np.int8))
-            selected = np.zeros(1, dtype=np.int64)
-        parents = local_parents(tree.parents, selected)
-        tokens = tree.tokens[selected]
-        positions = root_pos + tree.steps[selected].astype(np.int64)
-        t2 = clock.now()
-        logits, hidden = verify_tree(target, cache, tokens, parents, positions, layers)
-        t3 = clock.now()
-
-        if cfg.temperature == 0:
-            path, bonus = greedy_accept(parents, tokens, logits.argmax(-1).cpu().numpy())
-        else:
-            probs_fn = lambda rows: target_probs(logits[rows], cfg.temperature, cfg.top_p)  # noqa: E731
-            path, bonus = sample_accept(parents, tokens, tree.scores[selected], probs_fn, generator)
-        keep_cache_entries(cache, root_pos, [0] + path)
-        new_tokens = [int(t) for t in tokens[path]] + [bonus]
-        if drafter is not None:
-            drafter.end_cycle()
-            drafter.commit(torch.as_tensor(new_tokens, device=device), _features(hidden, layers, [0] + path))
-
-        for t in new_tokens:  # EOS and max_new_tokens may cut a cycle's tokens short
-            output.append(t)
-            if t in eos_ids:
-                stop = "eos"
-                break
-            if len(output) >= cfg.max_new_tokens:
-                stop = "max_new_tokens"
-                break
+        cycle = run_cycle(target, cache, drafter, output[-1], cfg, depth_ctrl, size_ctrl,
+                          min(cfg.max_depth, room), clock, generator)
+        stop = _commit(output, cycle.new_tokens, eos_ids, cfg.max_new_tokens)
         if not stop and prompt.numel() + len(output) >= limit:
             stop = "context"
-        root = output[-1]
-        t4 = clock.now()
-        record = CycleRecord(depth=tree.depth, size=len(selected) - 1, top_k=cfg.top_k if drafter else 0,
-                             accepted=len(path), context_len=root_pos, draft_s=draft_s,
-                             verify_s=t3 - t2, overhead_s=(t4 - t0) - draft_s - (t3 - t2), total_s=t4 - t0)
-        cycles.append(record)
+        cycles.append(cycle.record)
         if on_cycle is not None:
-            on_cycle(tree, record)
+            on_cycle(cycle.tree, cycle.record)
 
     result = GenerationResult(output, cycles, prefill_s, clock.now() - t_start, stop)
     if keep_cache:

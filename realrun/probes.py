@@ -1,4 +1,4 @@
-"""The realrun side of `ltd profile`: probes over the decoder's own phase functions.
+"""The realrun side of `ltd profile`: probes over the decoder's own phase functions and cycle.
 
 `profiler` never imports `realrun`; this module builds `DecoderProbes` (a `profiler.sweeps.PhaseProbes`)
 from a loaded target and drafter, and hands it to `profiler.profile_device`.
@@ -6,15 +6,21 @@ from a loaded target and drafter, and hands it to `profiler.profile_device`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ltd_sim import defaults
-from ltd_sim.control import StaticSize
-from ltd_sim.tree import TreeBuilder, greedy_accept, local_parents, select_verify_set
-from realrun.decoder import _features, cache_device, draft_tree, keep_cache_entries, prefill, verify_tree
+from ltd_sim.control import StaticDepth, StaticSize
+from ltd_sim.tree import DraftTree, TreeBuilder, local_parents, select_verify_set, tree_positions
+from profiler.timing import Timer
+from realrun import decoder  # phases are looked up on the module: the probes time the decoder's own code
+
+if TYPE_CHECKING:  # fitting loads scikit-learn; building probes does not need it
+    from profiler.model import FittedCostModel
 
 
 def _crop_to(cache, length: int) -> None:
@@ -26,25 +32,26 @@ def _crop_to(cache, length: int) -> None:
 class _MarkingDepth:
     """A static depth controller that also marks the time after every draft step."""
 
-    def __init__(self, depth: int, timer, marks: list):
+    def __init__(self, depth: int, timer: Timer, marks: list):
         self.depth, self.timer, self.marks = depth, timer, marks
 
-    def should_continue(self, tree, context_len: int) -> bool:
+    def should_continue(self, tree: DraftTree, context_len: int) -> bool:
         self.marks.append(self.timer.mark())
         return tree.depth < self.depth
 
 
 class DecoderProbes:
-    """Probes over prefill / draft_tree / verify_tree / keep_cache_entries on real models."""
+    """Probes over the decoder's own code on real models: `prefill` (set-up), `draft_tree` (per
+    step), `verify_tree`, and `run_cycle`, whose phase clock gives the per-cycle overhead."""
 
     def __init__(self, target: torch.nn.Module, drafter=None, context_limit: int | None = None, seed: int = 0):
         self.target = target
         self.drafter = drafter
         self.has_drafter = drafter is not None
         self.layers = drafter.feature_layers if drafter is not None else None
-        self.device = cache_device(target)
+        self.device = decoder.cache_device(target)
         self.vocab = int(target.config.vocab_size)
-        self.max_context = int(context_limit or getattr(target.config, "max_position_embeddings", defaults.FALLBACK_CONTEXT))
+        self.max_context = int(context_limit or decoder.context_length(target))
         self.rng = np.random.default_rng(seed)
         self.ctx = 0
         self.cache = None
@@ -60,27 +67,25 @@ class DecoderProbes:
         self.ctx = int(context_len)
         self.cache = DynamicCache()
         prompt = self._ids(self.ctx)
-        logits, features = prefill(self.target, self.cache, prompt, self.layers)
+        logits, features = decoder.prefill(self.target, self.cache, prompt, self.layers)
         self.root = int(logits.argmax())
         self.feature_row = features[-1:] if features is not None else None
         if self.drafter is not None:
             self.drafter.begin(prompt, self.root, features)
             self._draft(defaults.TOP_K, 1)  # the drafter's own prefill, then steady state
             self._end_cycle([self.root])
-        self.verify_tree_ = self._verify_tree_source()
+        self.verify_source = self._verify_tree_source()
 
-    def _draft(self, top_k: int, depth: int, ctrl=None):
-        from ltd_sim.control import StaticDepth
+    def _draft(self, top_k: int, depth: int, ctrl=None) -> DraftTree:
+        return decoder.draft_tree(self.drafter, self.root, top_k, depth, ctrl or StaticDepth(depth), self.ctx)
 
-        return draft_tree(self.drafter, self.root, top_k, depth, ctrl or StaticDepth(depth), self.ctx)
-
-    def _end_cycle(self, new_tokens: list[int], features=None) -> None:
+    def _end_cycle(self, new_tokens: list[int]) -> None:
+        """Close a drafted-but-unverified cycle, committing with the prepared context's last features."""
         self.drafter.end_cycle()
-        if features is None and self.feature_row is not None:
-            features = self.feature_row.expand(len(new_tokens), -1)
+        features = self.feature_row.expand(len(new_tokens), -1) if self.feature_row is not None else None
         self.drafter.commit(torch.as_tensor(new_tokens, device=self.device), features)
 
-    def _verify_tree_source(self):
+    def _verify_tree_source(self) -> DraftTree:
         """The tree verify probes select from: a real draft tree, or a random one without a drafter."""
         if self.drafter is not None:
             tree = self._draft(defaults.TOP_K, defaults.MAX_DEPTH)
@@ -93,14 +98,14 @@ class DecoderProbes:
             builder.add_step(np.sort(logp, axis=1)[:, ::-1].copy(), self.rng.integers(0, self.vocab, (b, defaults.TOP_K)))
         return builder.tree()
 
-    def _verify_inputs(self, tree, size: int):
+    def _verify_inputs(self, tree: DraftTree, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         selected = select_verify_set(tree.scores, StaticSize(size).choose_size(tree, self.ctx))
         parents = local_parents(tree.parents, selected)
-        return tree.tokens[selected], parents, self.ctx + tree.steps[selected].astype(np.int64)
+        return tree.tokens[selected], parents, tree_positions(tree.steps, selected, self.ctx)
 
     # -- probes -----------------------------------------------------------------------------
     def draft(self, top_k: int, depth: int):
-        def probe(timer):
+        def probe(timer: Timer) -> list[float]:
             marks = [timer.mark()]
             self._draft(top_k, depth, _MarkingDepth(depth, timer, marks))
             marks.append(timer.mark())  # the last step ends draft_tree (no controller call there)
@@ -110,37 +115,27 @@ class DecoderProbes:
         return probe
 
     def verify(self, size: int):
-        tokens, parents, positions = self._verify_inputs(self.verify_tree_, size)
+        tokens, parents, positions = self._verify_inputs(self.verify_source, size)
 
-        def probe(timer):
+        def probe(timer: Timer) -> list[float]:
             a = timer.mark()
-            verify_tree(self.target, self.cache, tokens, parents, positions, self.layers)
+            decoder.verify_tree(self.target, self.cache, tokens, parents, positions, self.layers)
             b = timer.mark()
             _crop_to(self.cache, self.ctx)
             return [timer.elapsed(a, b)]
         return probe
 
     def overhead(self, depth: int, size: int, top_k: int):
-        """The decoder's per-cycle work between and after the phases (as in `generate`, greedy)."""
-        size_ctrl = StaticSize(size)
+        """One greedy `decoder.run_cycle` at the prepared context; its overhead is the cycle's time
+        outside drafting and the verify forward, as run_cycle's own phase clock splits it."""
+        cfg = decoder.DecodeConfig(top_k=top_k, max_depth=depth)
+        depth_ctrl, size_ctrl = StaticDepth(depth), StaticSize(size)
 
-        def probe(timer):
-            tree = self._draft(top_k, depth)  # untimed
-            a = timer.mark()
-            selected = select_verify_set(tree.scores, size_ctrl.choose_size(tree, self.ctx))
-            parents = local_parents(tree.parents, selected)
-            tokens = tree.tokens[selected]
-            positions = self.ctx + tree.steps[selected].astype(np.int64)
-            b = timer.mark()
-            logits, hidden = verify_tree(self.target, self.cache, tokens, parents, positions, self.layers)
-            c = timer.mark()
-            path, bonus = greedy_accept(parents, tokens, logits.argmax(-1).cpu().numpy())
-            keep_cache_entries(self.cache, self.ctx, [0] + path)
-            new_tokens = [int(t) for t in tokens[path]] + [bonus]
-            self._end_cycle(new_tokens, _features(hidden, self.layers, [0] + path))
-            d = timer.mark()
+        def probe(timer: Timer) -> list[float]:
+            cycle = decoder.run_cycle(self.target, self.cache, self.drafter, self.root, cfg, depth_ctrl,
+                                      size_ctrl, depth, timer)
             _crop_to(self.cache, self.ctx)  # untimed: back to the prepared context
-            return [timer.elapsed(a, b) + timer.elapsed(c, d)]
+            return [cycle.record.overhead_s]
         return probe
 
     def batch_forward(self, batch: int, tokens: int, context_len: int):
@@ -160,7 +155,7 @@ class DecoderProbes:
         pos = (context_len + torch.arange(tokens, device=self.device))[None].expand(batch, -1)
 
         @torch.no_grad()
-        def probe(timer):
+        def probe(timer: Timer) -> list[float]:
             a = timer.mark()
             self.target(input_ids=ids, position_ids=pos, cache=cache, use_cache=True)
             b = timer.mark()
@@ -219,17 +214,27 @@ def pair_fingerprint(pair, draft_id: str, weights: str = "", top_k: int = defaul
 BUSY_WARNING = 0.25
 
 
-def run_profile(target=None, draft=None, draft_kind=None, device=None, dtype=None, preset: str = "quick",
+@dataclass
+class ProfileResult:
+    """What `run_profile` produced: the cost model, how long it took, and whether it was reused."""
+
+    model: FittedCostModel
+    wall_s: float  # loading, sweeping and fitting (or loading the reused model)
+    reused: bool  # an existing cost_model.json already profiled this device and these models
+
+
+def run_profile(target: str | None = None, draft: str | None = None, draft_kind: str | None = None,
+                device: str | None = None, dtype: str | None = None, preset: str = "quick",
                 out: str | Path = "runs/default", force: bool = False, progress: bool = True,
-                plots: bool = True, log=print):
+                plots: bool = True, log=print) -> ProfileResult:
     """`ltd profile`: load the pair, sweep the decoder's phases, fit and write the cost model.
 
-    Returns (model, wall seconds, whether it was reused). An existing cost_model.json for the same
-    fingerprint is reused unless `force`; one for other hardware or models is refused unless `force`."""
+    An existing cost_model.json for the same fingerprint is reused unless `force`; one for other
+    hardware or models is refused unless `force`."""
     import time
 
     from ltd_sim.errors import LTDError
-    from profiler import SweepSpec, Timer, load_cost_model, profile_device
+    from profiler import SweepSpec, load_cost_model, profile_device
     from profiler.build import MODEL_FILE
     from profiler.timing import cpu_busy_fraction
     from realrun.loading import load_pair, set_threads
@@ -248,7 +253,7 @@ def run_profile(target=None, draft=None, draft_kind=None, device=None, dtype=Non
     if existing.exists() and not force:
         model = load_cost_model(existing, expect_fingerprint=fingerprint)
         log(f"{existing} already profiles this device and these models (use --force to re-profile)")
-        return model, time.perf_counter() - t0, True
+        return ProfileResult(model, time.perf_counter() - t0, reused=True)
     log(f"profiling {fingerprint['target']} + {draft_id} ({weights}) on {fingerprint['device']}, "
         f"{fingerprint['dtype']}, sweep '{preset}'")
     if pair.target.device.type == "cpu":
@@ -258,4 +263,14 @@ def run_profile(target=None, draft=None, draft_kind=None, device=None, dtype=Non
                 f"that contention (re-profile with the machine in the state it will decode in)")
     probes = DecoderProbes(pair.target.model, drafter, pair.context_limit)
     model = profile_device(probes, spec, Timer(pair.target.device), fingerprint, out, progress, plots)
-    return model, time.perf_counter() - t0, False
+    return ProfileResult(model, time.perf_counter() - t0, reused=False)
+
+
+def refit_profile(out: str | Path, plots: bool = True) -> FittedCostModel:
+    """`ltd profile --refit`: refit (and re-plot) from `out`'s measurements.json, no timing."""
+    from ltd_sim.errors import LTDError
+    from profiler.build import MEASUREMENTS_FILE, refit
+
+    if not (Path(out) / MEASUREMENTS_FILE).is_file():
+        raise LTDError(f"no {MEASUREMENTS_FILE} in {out} to refit; run `ltd profile --out {out}`")
+    return refit(out, plots=plots)

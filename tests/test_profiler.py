@@ -188,3 +188,50 @@ def test_cpu_busy_fraction_sees_another_process():
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert busy is not None and 0.0 <= busy <= 1.0
     assert busy > 0.6 / max(cores, 1)  # one spinning core of `cores`, with slack for accounting
+
+
+def test_serving_reads_the_fitted_batch_cost():
+    """The fitted model's batch component is what the serving simulation prices a batch with; a
+    profile without batch points falls back to the single-sequence verify curve."""
+    from profiler.fit import fit_component
+    from ltd_sim.serving import batched_verify
+
+    without = _fake_model()
+    assert not without.has_batch_forward
+    assert batched_verify(without, [3, 5], 64) == pytest.approx(without.verify(3 + 1 + 5, 64))
+    keys = [{"batch": b, "tokens": t} for b in (1, 2, 4, 8) for t in (1, 2, 4, 8, 16)]
+    params, cv = fit_component("batch_forward", keys, [0.01 * k["batch"] * k["tokens"] for k in keys])
+    raw = without.to_json()
+    raw["components"]["batch_forward"] = {"params": params, "cv": cv}
+    model = FittedCostModel.from_json(raw)
+    assert model.has_batch_forward
+    assert batched_verify(model, [3, 5], 64) == pytest.approx(model.batch_forward(2, 6))
+
+
+def test_overhead_probe_times_the_decoders_own_cycle(tiny_target, monkeypatch):
+    """The profiler's overhead is one `realrun.decoder.run_cycle`, split by run_cycle's own phase
+    clock: the profiler times the decoder itself, not a copy of its cycle."""
+    from realrun import decoder
+    from realrun.drafters import Eagle3Drafter
+    from realrun.eagle3 import random_head
+    from realrun.probes import DecoderProbes
+
+    records = []
+    real_run_cycle = decoder.run_cycle
+
+    def counting_run_cycle(*args, **kwargs):
+        cycle = real_run_cycle(*args, **kwargs)
+        records.append(cycle.record)
+        return cycle
+
+    monkeypatch.setattr(decoder, "run_cycle", counting_run_cycle)
+    head = random_head(tiny_target, draft_vocab_size=128)
+    probes = DecoderProbes(tiny_target, Eagle3Drafter(head, tiny_target.config.vocab_size), 512)
+    probes.prepare(32)
+    out = probes.overhead(3, 4, 2)(Timer("cpu"))
+    assert len(records) == 1
+    rec = records[0]
+    assert (rec.depth, rec.size, rec.top_k, rec.context_len) == (3, 4, 2, 32)
+    assert out == [rec.overhead_s]
+    assert rec.overhead_s == pytest.approx(rec.total_s - rec.draft_s - rec.verify_s)
+    assert probes.cache.get_seq_length() == 32  # the probe leaves the prepared context as it was

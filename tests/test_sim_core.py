@@ -165,3 +165,31 @@ def test_serving_simulation(tables, tmp_path):
     assert by[("static(1,0)", 20.0)]["latency_p90"] > by[("static(1,0)", 1.0)]["latency_p90"]  # load queues
     plot(rows, tmp_path / "serve.png")
     assert (tmp_path / "serve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+class _BatchPricedCost(AnalyticCostModel):
+    """The analytic model plus a batch cost far from its single-sequence verify cost."""
+
+    has_batch_forward = True
+
+    def batch_forward(self, batch: int, tokens: int) -> float:
+        return 1.0 + 0.01 * batch * tokens
+
+
+def test_serving_prices_batched_verification_with_the_batch_cost(tables):
+    """A cost model's `batch_forward` (the profiler's name for it) prices the batched verify forward:
+    requests padded to the longest verify set. (The serving simulation once looked for another name,
+    so the fitted batch cost was never used.)"""
+    from ltd_sim.serving import Schedule, batch_time
+
+    schedule = Schedule.static(tables, 3, 8)
+    starts = [int(tables.seq_start[s]) for s in range(3)]
+    picks = [(p, *schedule.choose(tables, p)) for p in starts]
+    cost = _BatchPricedCost()
+    sizes = [int(tables.vsize[p, d - 1, g]) for p, d, g in picks]
+    ctx = int(np.mean([int(tables.context[p]) for p in starts]))
+    draft = sum(cost.draft_step(s, tables.top_k, ctx) for s in range(1, max(d for _, d, _ in picks) + 1))
+    overhead = sum(cost.overhead(d, v, tables.top_k) for (_, d, _), v in zip(picks, sizes))
+    expected = draft + cost.batch_forward(len(picks), max(sizes) + 1) + overhead
+    assert batch_time(cost, tables, picks) == pytest.approx(expected)
+    assert batch_time(AnalyticCostModel(), tables, picks) < expected - 0.5  # without a batch cost: one long verify

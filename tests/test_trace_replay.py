@@ -103,3 +103,17 @@ def test_replay_equals_real_decoder(tiny_target, tiny_draft, tmp_path, kind, see
     assert len(checked) == len(result.cycles) >= 5
     if kind == "lm":
         assert sum(checked) > 0, "a close draft should get tokens accepted in some cycle"
+
+
+@pytest.mark.parametrize("argv,msg", [(["--threads", "0"], "--threads must be at least 1"),
+                                      (["--limit", "0"], "--limit must be at least 1")])
+def test_trace_refuses_bad_options_in_one_line(tmp_path, capsys, argv, msg):
+    """`ltd trace` checks its options once, in the core, before anything loads: a thread count below
+    1 is refused in one line (as `ltd bench` does), not silently raised to 1."""
+    from realrun.cli import main
+
+    capsys.readouterr()
+    assert main(["trace", "--prompts", str(tmp_path / "none.txt"), "--out", str(tmp_path / "t"),
+                 "--draft", "default", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ltd: error:") and msg in err and "\n" not in err

@@ -25,25 +25,19 @@ def cmd_profile(args) -> int:
     from pathlib import Path
 
     from profiler.build import MODEL_FILE, SUMMARY_FILE
-    from realrun.probes import run_profile
+    from realrun.probes import refit_profile, run_profile
 
-    preset = args.preset or ("quick" if args.quick else "full")
     if args.refit:
-        from ltd_sim.errors import LTDError
-        from profiler.build import MEASUREMENTS_FILE, refit
-
-        if not (Path(args.out) / MEASUREMENTS_FILE).is_file():
-            raise LTDError(f"no {MEASUREMENTS_FILE} in {args.out} to refit; run `ltd profile --out {args.out}`")
-        model = refit(args.out, plots=not args.no_plots)
-        _print_cv(model)
+        _print_cv(refit_profile(args.out, plots=not args.no_plots))
         return 0
-    model, wall, reused = run_profile(args.target, args.draft, args.draft_kind, args.device, args.dtype, preset,
-                                      args.out, args.force, plots=not args.no_plots)
-    if reused:
+    preset = args.preset or ("quick" if args.quick else "full")
+    done = run_profile(args.target, args.draft, args.draft_kind, args.device, args.dtype, preset,
+                       args.out, args.force, plots=not args.no_plots)
+    if done.reused:
         return 0
     out = Path(args.out)
-    print(f"profiled in {wall:.0f} s ({model.meta['outliers']} outlier samples flagged)")
-    _print_cv(model)
+    print(f"profiled in {done.wall_s:.0f} s ({done.model.meta['outliers']} outlier samples flagged)")
+    _print_cv(done.model)
     print(f"wrote {out / MODEL_FILE}, {out / SUMMARY_FILE}" + ("" if args.no_plots else f", {out / 'plots'}/"))
     return 0
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from ltd_sim import defaults
-from ltd_sim.errors import LTDError
 
 
 def add_parser(sub) -> None:
@@ -27,30 +26,12 @@ def add_parser(sub) -> None:
 
 
 def cmd_trace(args) -> int:
-    from realrun.decoder import DecodeConfig
-    from realrun.loading import load_pair, set_threads
-    from realrun.models import encode_prompt
-    from realrun.prompts import read_prompts
-    from realrun.record import record_prompts
+    from realrun.record import run_trace
 
-    if args.draft is None:
-        raise LTDError("`ltd trace` needs a draft model: --draft DIR (or --draft default)")
-    if args.limit is not None and args.limit < 1:
-        raise LTDError(f"--limit must be at least 1, got {args.limit}")
-    DecodeConfig(max_new_tokens=args.max_new_tokens, top_k=args.top_k, max_depth=args.depth).validate(True)
-    prompts = read_prompts(args.prompts, args.limit)
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(max(1, args.threads))
-    else:
-        set_threads()
-    pair = load_pair(args.target, args.draft, args.draft_kind, args.device, args.dtype)
-    encode = lambda text: encode_prompt(pair.target.tokenizer, text, chat=not args.no_chat)  # noqa: E731
-    info = {"target": str(pair.target.path), "draft": str(pair.draft_path), "draft_kind": pair.draft_kind,
-            "prompts": str(args.prompts), "chat": not args.no_chat}
-    summary = record_prompts(pair, prompts, args.out, encode, args.max_new_tokens, args.top_k, args.depth,
-                             progress=not args.no_progress, info=info)
+    summary = run_trace(args.prompts, args.out, args.target, args.draft, args.draft_kind, args.device, args.dtype,
+                        max_new_tokens=args.max_new_tokens, limit=args.limit, top_k=args.top_k,
+                        max_depth=args.depth, chat=not args.no_chat, threads=args.threads,
+                        progress=not args.no_progress)
     print(json.dumps(summary) if args.json else
           f"recorded {summary['recorded']} sequences ({summary['positions']} positions), "
           f"skipped {summary['skipped']} already there -> {summary['out']}")
