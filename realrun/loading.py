@@ -69,8 +69,13 @@ def load_pair(target: str | None = None, draft: str | None = None, draft_kind: s
                      context_limit(tgt.model))
 
 
-def set_threads() -> None:
-    """Use every core for the forward passes (torch defaults can leave some idle in subprocesses)."""
+def set_threads(threads: int | None = None) -> int:
+    """Torch threads for the forward passes: `threads` when given (a command's --threads), else every
+    core (torch's default can leave some idle in subprocesses). Returns the count; below 1 -> LTDError."""
     import os
 
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    if threads is not None and threads < 1:
+        raise LTDError(f"--threads must be at least 1, got {threads}")
+    count = threads if threads is not None else max(1, len(os.sched_getaffinity(0)))
+    torch.set_num_threads(count)
+    return count

@@ -80,18 +80,6 @@ def record_prompts(pair, prompts: list[dict], out_dir: str | Path, encode, max_n
     return {"recorded": recorded, "skipped": skipped, "positions": positions, "out": str(out_dir)}
 
 
-def _use_threads(threads: int | None) -> None:
-    """Torch threads for the forwards: `threads` when given, else every core."""
-    from realrun.loading import set_threads
-
-    if threads is None:
-        set_threads()
-        return
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 def run_trace(prompts_path: str | Path, out_dir: str | Path, target: str | None = None, draft: str | None = None,
               draft_kind: str | None = None, device: str | None = None, dtype: str | None = None,
               max_new_tokens: int = defaults.MAX_NEW_TOKENS, limit: int | None = None,
@@ -99,7 +87,7 @@ def run_trace(prompts_path: str | Path, out_dir: str | Path, target: str | None 
               threads: int | None = None, progress: bool = True) -> dict:
     """`ltd trace`: check every option, load the pair, and record the first `limit` prompts of
     `prompts_path` (all by default) into `out_dir` (resumable). Returns `record_prompts`' summary."""
-    from realrun.loading import load_pair
+    from realrun.loading import load_pair, set_threads
     from realrun.models import encode_prompt
     from realrun.prompts import read_prompts
 
@@ -112,7 +100,7 @@ def run_trace(prompts_path: str | Path, out_dir: str | Path, target: str | None 
         raise LTDError(f"--threads must be at least 1, got {threads}")
     DecodeConfig(max_new_tokens=max_new_tokens, top_k=top_k, max_depth=max_depth).validate(True)
     prompts = read_prompts(prompts_path, limit)
-    _use_threads(threads)
+    set_threads(threads)
     pair = load_pair(target, draft, draft_kind, device, dtype)
     encode = lambda text: encode_prompt(pair.target.tokenizer, text, chat=chat)  # noqa: E731
     info = {"target": str(pair.target.path), "draft": str(pair.draft_path), "draft_kind": pair.draft_kind,
