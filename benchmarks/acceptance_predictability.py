@@ -18,19 +18,19 @@ and prints each one's ROC AUC on the held-out positions.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from realrun.draft_build import (BuildConfig, FeatureData, _batch_tensors, default_work_dir,  # noqa: E402
-                                 drafted_mask, heldout_mask, make_t2d_index, step_targets, ttt_forward)
-from realrun.eagle3 import load_head  # noqa: E402
-from realrun.loading import set_threads  # noqa: E402
-from realrun.models import default_draft_dir, load_causal_lm, resolve_target  # noqa: E402
+from realrun.draft_head import BuildConfig
+from realrun.draft_head.build import default_work_dir
+from realrun.draft_head.features import FeatureData, heldout_mask
+from realrun.draft_head.ttt import drafted_mask, step_targets, ttt_forward
+from realrun.draft_head.vocab import make_t2d_index
+from realrun.eagle3 import load_head
+from realrun.loading import set_threads
+from realrun.models import default_draft_dir, load_causal_lm, resolve_target
 
 
 @torch.no_grad()
@@ -42,11 +42,11 @@ def step1_signals(head, data: FeatureData, rows: np.ndarray, t2d: torch.Tensor):
     try:
         for b0 in range(0, len(rows), 8):
             idx = rows[b0:b0 + 8]
-            feats, tokens, labels, lens = _batch_tensors(data, idx, "cpu", torch.float32)
-            logits = ttt_forward(head, feats, tokens, 1)[0]
-            (target, valid), = step_targets(labels, lens, t2d, 1)
-            gen_start = torch.from_numpy(data.gen_start[idx].astype(np.int64))
-            drafted = valid & drafted_mask(gen_start, feats.shape[1], 0)  # what decoding drafts
+            batch = data.batch(idx, "cpu", torch.float32)
+            feats = batch.feats
+            logits = ttt_forward(head, feats, batch.tokens, 1)[0]
+            (target, valid), = step_targets(batch.labels, batch.lens, t2d, 1)
+            drafted = valid & drafted_mask(batch.gen_start, feats.shape[1], 0)  # what decoding drafts
             logp = torch.log_softmax(logits[drafted], -1)
             top = logp.topk(2, -1).values.exp()
             ent = -(logp.exp() * logp).sum(-1)

@@ -1,8 +1,8 @@
 """Tau and per-level acceptance against training data, for several saved heads in one run.
 
 Issue 3's question when the bars are not met: what limits the head, measured as tau per level
-against training tokens. Every head given is decoded on the same held-out prompts (HumanEval 80-163
-and Spec-Bench questions, greedy, static EAGLE-3 setting top-k 10 / depth 8 / V 60, as
+against training tokens. Every head given is decoded on the same held-out prompts (HumanEval's
+"evaluation" problems and Spec-Bench questions, greedy, static EAGLE-3 setting top-k 10 / depth 8 / V 60, as
 `benchmarks/draft_head.py`), the heads one after another in one process; its training figures come
 from the `build_report.json` saved beside it. Prints a table and writes a JSON, a Markdown table and
 a PNG (tau of code and of the Spec-Bench mean, and acceptance of levels 1-3, against the positions
@@ -20,10 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from realrun.draft_head.tau import heldout_prompts, static_tau
 
-from draft_head import DEFAULT_QUESTIONS, prompt_order, static_eagle3_tau  # noqa: E402
+DEFAULT_QUESTIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench" / "question.jsonl"
 
 
 def main(argv=None) -> int:
@@ -47,7 +46,7 @@ def main(argv=None) -> int:
         if not (h / "build_report.json").is_file():
             raise SystemExit(f"error: {h} has no build_report.json (a head made by `ltd draft build`)")
     pair = load_pair(args.target, None)
-    order = prompt_order(Path(args.questions) if args.questions else None, args.per_category, args.humaneval)
+    order = heldout_prompts(Path(args.questions) if args.questions else None, args.per_category, args.humaneval)
     from realrun.drafters import Eagle3Drafter
 
     rows = []
@@ -59,16 +58,16 @@ def main(argv=None) -> int:
             raise SystemExit(f"error: {exc}")
         pair.drafter = Eagle3Drafter(head, pair.target.vocab_size)
         build = json.loads((h / "build_report.json").read_text())
-        m = static_eagle3_tau(pair, order, args.max_new_tokens, verbose=False)
-        lv, code = m["per_level_acceptance"], m["per_level_acceptance_code"]
+        m = static_tau(pair, order, args.max_new_tokens, verbose=False)
+        lv, code = m.per_level_acceptance, m.per_level_acceptance_code
         rows.append({"head": str(h), "positions": build["positions"],
                      "generated_positions": build["by_source"]["gen_code"] + build["by_source"]["gen_chat"],
                      "positions_seen": build["train_positions_seen"], "train_steps": build["train_steps"],
-                     "tau_code": m["tau_per_category"].get("humaneval"),
-                     "tau_spec_bench_mean": round(m["tau_spec_bench_mean"], 3),
+                     "tau_code": m.tau_per_category.get("humaneval"),
+                     "tau_spec_bench_mean": round(m.tau_spec_bench_mean, 3),
                      "level_acceptance": [lv[k] for k in sorted(lv)],
                      "level_acceptance_code": [code[k] for k in sorted(code)],
-                     "tau_per_category": m["tau_per_category"], "cycles": len(m["records"]),
+                     "tau_per_category": m.tau_per_category, "cycles": len(m.records),
                      "seconds": round(time.monotonic() - t0, 1)})
         r = rows[-1]
         print(f"{h.name:38s} {r['positions']:7d} pos ({r['generated_positions']:6d} generated), "

@@ -12,18 +12,18 @@ and on all positions by source (code / chat).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from realrun.draft_build import (BuildConfig, FeatureData, default_work_dir, evaluate, heldout_mask,  # noqa: E402
-                                 make_t2d_index)
-from realrun.eagle3 import load_head  # noqa: E402
-from realrun.loading import set_threads  # noqa: E402
-from realrun.models import default_draft_dir, load_causal_lm, resolve_target  # noqa: E402
+from realrun.draft_head import BuildConfig
+from realrun.draft_head.build import default_work_dir
+from realrun.draft_head.features import FeatureData, heldout_mask
+from realrun.draft_head.train import head_top1
+from realrun.draft_head.vocab import make_t2d_index
+from realrun.eagle3 import load_head
+from realrun.loading import set_threads
+from realrun.models import default_draft_dir, load_causal_lm, resolve_target
 
 
 def main() -> None:
@@ -52,10 +52,10 @@ def main() -> None:
         for name, idx in groups.items():
             if len(idx) == 0:
                 continue
-            r = evaluate(head, data.subset(idx), t2d, max(k, 1))
+            r = head_top1(head, data.subset(idx), t2d, max(k, 1))
             print(f"{Path(path).name:40s} {name:18s} {len(idx):4d} seq | generated "
-                  f"{r['top1_generated'][:k]} ({r['positions_generated']} pos) | code {r['top1_code'][:k]} "
-                  f"| chat {r['top1_chat'][:k]}")
+                  f"{r.top1_generated[:k]} ({r.positions_generated} pos) | code {r.top1_code[:k]} "
+                  f"| chat {r.top1_chat[:k]}")
 
 
 if __name__ == "__main__":

@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from realrun.draft_build import (BuildConfig, FeatureData, TrainConfig, default_work_dir, evaluate,  # noqa: E402
-                                 heldout_mask, make_t2d_index, train_head)
-from realrun.eagle3 import load_head, save_head  # noqa: E402
-from realrun.loading import set_threads  # noqa: E402
-from realrun.models import default_draft_dir, load_causal_lm, resolve_target  # noqa: E402
+from realrun.draft_head import BuildConfig, TrainConfig
+from realrun.draft_head.build import default_work_dir
+from realrun.draft_head.features import FeatureData, heldout_mask
+from realrun.draft_head.train import head_top1, train_head
+from realrun.draft_head.vocab import make_t2d_index
+from realrun.eagle3 import load_head, save_head
+from realrun.loading import set_threads
+from realrun.models import default_draft_dir, load_causal_lm, resolve_target
 
 
 def main() -> None:
@@ -52,19 +52,20 @@ def main() -> None:
     train, val = data.subset(np.flatnonzero(~held)), data.subset(np.flatnonzero(held))
     target = load_causal_lm(resolve_target(args.target)).model
     start = load_head(head_dir, target)
-    base = evaluate(start, val, make_t2d_index(start), args.steps)
-    print(json.dumps({"variant": "start", "generated_top1": base["top1_generated"][:args.steps],
-                      "positions_generated": base["positions_generated"]}), flush=True)
+    base = head_top1(start, val, make_t2d_index(start), args.steps)
+    print(json.dumps({"variant": "start", "generated_top1": base.top1_generated[:args.steps],
+                      "positions_generated": base.positions_generated}), flush=True)
     for ttt in variants:
         head = load_head(head_dir, target)
         cfg = TrainConfig(ttt_steps=ttt, lr=args.lr, min_lr_frac=0.3, warmup=20, seconds=args.minutes * 60,
                           eval_every_s=1e9, seed=args.seed + 7)
         t0 = time.monotonic()
         state = train_head(head, train, cfg, val=None, ckpt=None, progress=False)
-        r = evaluate(head, val, make_t2d_index(head), args.steps)
+        r = head_top1(head, val, make_t2d_index(head), args.steps)
+        gain = [round(a - b, 4) for a, b in zip(r.top1_generated, base.top1_generated)]
         print(json.dumps({"variant": f"ttt_steps={ttt}", "optimizer_steps": state.step,
-                          "seconds": round(time.monotonic() - t0), "generated_top1": r["top1_generated"][:args.steps],
-                          "gain": [round(a - b, 4) for a, b in zip(r["top1_generated"], base["top1_generated"])][:args.steps]}),
+                          "seconds": round(time.monotonic() - t0), "generated_top1": r.top1_generated[:args.steps],
+                          "gain": gain[:args.steps]}),
               flush=True)
         if args.save_dir:
             save_head(head, Path(args.save_dir) / f"ttt{ttt}")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ltd_sim.errors import LTDError
+from ltd_sim.io import read_dir, replace_dir
 
 FORMAT_VERSION = 1
 ARCHITECTURE = "LlamaForCausalLMEagle3"
@@ -144,9 +145,45 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """The rotary embedding's half rotation: (a, b) -> (-b, a) over the last dimension."""
     a, b = x.chunk(2, dim=-1)
     return torch.cat((-b, a), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding of `x` [B, heads, q, d] with `HeadAttention.rope`'s cos and sin."""
+    return x * cos + rotate_half(x) * sin
+
+
+def repeat_kv(x: torch.Tensor, times: int) -> torch.Tensor:
+    """Grouped-query attention: each key/value head [B, kv, k, d] serves `times` query heads."""
+    return x if times == 1 else x.repeat_interleave(times, dim=1)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+           own_kv: list[tuple[torch.Tensor, torch.Tensor]] | tuple = ()) -> torch.Tensor:
+    """The head's attention: softmax(q k^T / sqrt(d)) v over the keys `k` [B, h, K, d] that `mask` lets
+    through (bool, True = visible; or an additive float mask; None = all), plus, for each (k_l, v_l) of
+    `own_kv` ([B, h, q, d] each), the one key at the query's own index.
+
+    `own_kv` is how a draft-tree node sees its ancestors: training unrolls the head on its own outputs
+    at every index at once, and node i of unrolled step j attends to the committed keys <= i and to
+    the keys of steps 1..j at index i only (a diagonal each; no [q, q] score matrix per step)."""
+    if not own_kv:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    shared = (q @ k.transpose(-1, -2)) * scale
+    if mask is not None:
+        shared = (shared.masked_fill(~mask, torch.finfo(shared.dtype).min) if mask.dtype == torch.bool
+                  else shared + mask)
+    diagonal = [(q * kl).sum(-1, keepdim=True) * scale for kl, _ in own_kv]
+    probs = torch.softmax(torch.cat([shared] + diagonal, dim=-1), dim=-1)
+    width = k.shape[-2]
+    out = probs[..., :width] @ v
+    for l, (_, vl) in enumerate(own_kv):
+        out = out + probs[..., width + l:width + l + 1] * vl
+    return out
 
 
 class HeadAttention(nn.Module):
@@ -161,27 +198,37 @@ class HeadAttention(nn.Module):
         inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
+    @property
+    def kv_groups(self) -> int:
+        """Query heads per key/value head."""
+        return self.cfg.num_attention_heads // self.cfg.num_key_value_heads
+
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float()[..., None] * self.inv_freq  # [B, q, d/2]
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]  # [B, 1, q, d]
 
-    def forward(self, x, positions, mask, cache: "HeadCache | None"):
+    def project(self, x: torch.Tensor, positions: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries [B, h, q, d], keys and values [B, kv, q, d] of `x` [B, q, 2H], rope applied."""
         b, q, _ = x.shape
         d, h, kv = self.cfg.head_dim, self.cfg.num_attention_heads, self.cfg.num_key_value_heads
         qs = self.q_proj(x).view(b, q, h, d).transpose(1, 2)
         ks = self.k_proj(x).view(b, q, kv, d).transpose(1, 2)
         vs = self.v_proj(x).view(b, q, kv, d).transpose(1, 2)
         cos, sin = self.rope(positions, x.dtype)
-        qs = qs * cos + _rotate_half(qs) * sin
-        ks = ks * cos + _rotate_half(ks) * sin
+        return apply_rope(qs, cos, sin), apply_rope(ks, cos, sin), vs
+
+    def merge(self, out: torch.Tensor) -> torch.Tensor:
+        """The output projection of attention output [B, h, q, d] -> [B, q, H]."""
+        b, _, q, _ = out.shape
+        return self.o_proj(out.transpose(1, 2).reshape(b, q, -1))
+
+    def forward(self, x, positions, mask, cache: "HeadCache | None"):
+        qs, ks, vs = self.project(x, positions)
         if cache is not None:
             ks, vs = cache.append(ks, vs)
-        if kv != h:
-            ks = ks.repeat_interleave(h // kv, dim=1)
-            vs = vs.repeat_interleave(h // kv, dim=1)
-        out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask)
-        return self.o_proj(out.transpose(1, 2).reshape(b, q, h * d))
+        return self.merge(attend(qs, repeat_kv(ks, self.kv_groups), repeat_kv(vs, self.kv_groups), mask))
 
 
 class HeadMLP(nn.Module):
@@ -205,9 +252,16 @@ class MidLayer(nn.Module):
         self.mlp = HeadMLP(cfg)
 
     def forward(self, embeds, hidden, positions, mask, cache):
+        return self.step(embeds, hidden, lambda x: self.self_attn(x, positions, mask, cache))
+
+    def step(self, embeds: torch.Tensor, hidden: torch.Tensor,
+             attention: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The layer around its attention: `attention(x)` maps x = cat(normed embedding, normed
+        feature) [B, q, 2H] to the attention's output [B, q, H] (`forward` uses `self_attn`; training
+        attends over the unrolled steps' keys)."""
         residual = hidden
         x = torch.cat((self.input_layernorm(embeds), self.hidden_norm(hidden)), dim=-1)
-        hidden = residual + self.self_attn(x, positions, mask, cache)
+        hidden = residual + attention(x)
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
@@ -282,20 +336,15 @@ def target_fingerprint(target: nn.Module) -> str:
 
 
 def save_head(head: Eagle3Head, out_dir: str | os.PathLike) -> Path:
-    """Write config.json + model.safetensors atomically (temp folder, then rename)."""
+    """Write config.json + model.safetensors as one folder that atomically replaces `out_dir`: a crash
+    leaves the old head or the new one, never neither (`ltd_sim.io.replace_dir`)."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
     state = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
-    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    (tmp / "config.json").write_text(json.dumps(head.cfg.to_hf_json(), indent=2))
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with replace_dir(out) as tmp:
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(head.cfg.to_hf_json(), indent=2))
     return out
 
 
@@ -305,7 +354,7 @@ def load_head(path: str | os.PathLike, target: nn.Module | None = None, device="
     the target's embeddings. A head for another target fails with a one-line LTDError."""
     from safetensors.torch import load_file
 
-    path = Path(path)
+    path = read_dir(path)
     cfg_path = path / "config.json"
     weights = path / "model.safetensors"
     if not cfg_path.is_file() or not weights.is_file():

@@ -1,4 +1,4 @@
-"""The EAGLE-3 head builder (realrun.draft_build) on a tiny random target: training-time test wiring,
+"""The EAGLE-3 head builder (realrun.draft_head) on a tiny random target: training-time test wiring,
 training makes progress, save/load is exact and lossless, heads refuse other targets."""
 
 from __future__ import annotations
@@ -9,8 +9,11 @@ import torch
 
 from conftest import tiny_llama
 from ltd_sim.errors import LTDError
-from realrun.draft_build import (FeatureData, TrainConfig, choose_draft_vocab, featurize, greedy_generate,
-                                 init_head, train_head, ttt_forward, write_logs)
+from realrun.draft_head.features import FeatureData, featurize, greedy_generate
+from realrun.draft_head.logs import write_logs
+from realrun.draft_head.train import TrainConfig, head_top1, init_head, train_head
+from realrun.draft_head.ttt import ttt_forward
+from realrun.draft_head.vocab import choose_draft_vocab, make_t2d_index
 from realrun.drafters import Eagle3Drafter, float_mask
 from realrun.eagle3 import HeadCache, aux_layer_ids, load_head, random_head, save_head
 
@@ -48,18 +51,16 @@ def test_features_and_labels(tiny_target, tiny_data):
 def test_generated_span_agreement_counts_drafted_tokens_only(tiny_target, tiny_data):
     """`top1_generated` scores only labels the decoder would draft (index >= gen_start), so easy
     prompt-template positions cannot inflate it; with the span moved it counts other positions."""
-    from realrun.draft_build import evaluate, make_t2d_index
-
     head = init_head(tiny_target, np.arange(256), seed=0)
     t2d = make_t2d_index(head)
-    full = evaluate(head, tiny_data, t2d, 2)
+    full = head_top1(head, tiny_data, t2d, 2)
     n_valid = int(sum(tiny_data.lens - 1))  # step 1 at index i <= lens - 2 predicts label i + 1
     drafted = int(sum(tiny_data.lens - 6))  # ... of which labels 6 .. lens - 1 are drafted tokens
-    assert full["positions"] == n_valid and full["positions_generated"] == drafted
+    assert full.positions == n_valid and full.positions_generated == drafted
     moved = tiny_data.subset(np.arange(len(tiny_data)))
     moved.gen_start = np.full(len(moved), 10**6, np.int32)  # nothing generated (teacher-forced text)
-    none = evaluate(head, moved, t2d, 2)
-    assert none["positions_generated"] == 0 and none["top1"] == full["top1"]
+    none = head_top1(head, moved, t2d, 2)
+    assert none.positions_generated == 0 and none.top1 == full.top1
 
 
 def test_training_time_test_matches_inference_wiring(tiny_target):
@@ -139,7 +140,7 @@ def test_draft_vocab_keeps_template_tokens():
     assert ids.tolist() == [5, 6, 99]
 
 
-def test_cli_registers_draft_build():
+def test_cli_registers_draft_head_build():
     from realrun.cli import build_parser
 
     args = build_parser().parse_args(["draft", "build", "--minutes", "2", "--resume"])
@@ -172,16 +173,16 @@ def test_long_item_keeps_its_last_window_with_full_context(tiny_target, tmp_path
 
 
 def test_extended_build_splits_only_its_new_minutes():
-    from realrun.draft_build import Budget
+    from realrun.draft_head.state import BuildClock
 
-    fresh = Budget(100, spent_s=0.0)
+    fresh = BuildClock(100, spent_s=0.0)
     assert abs(fresh.until(0.5) - 3000) < 1
-    extended = Budget(100, spent_s=3600.0, origin_s=3600.0)  # 60 min were spent when 40 more were given
+    extended = BuildClock(100, spent_s=3600.0, origin_s=3600.0)  # 60 min were spent when 40 more were given
     assert abs(extended.until(0.5) - 1200) < 1 and abs(extended.left() - 2400) < 1
 
 
 def test_long_prompts_are_long_input_tasks_from_local_sources():
-    from realrun.draft_build import build_long_prompts
+    from realrun.draft_head.corpus import build_long_prompts
 
     prompts = build_long_prompts(0)
     assert prompts == build_long_prompts(0) and len(prompts) > 300
@@ -200,7 +201,7 @@ def test_cli_rejects_impossible_stage_fractions():
 
 
 def test_heldout_split_is_stable_when_a_build_adds_sequences():
-    from realrun.draft_build import heldout_mask
+    from realrun.draft_head.features import heldout_mask
 
     small, grown = heldout_mask(3000, 0.04), heldout_mask(6000, 0.04)
     assert (grown[:3000] == small).all() and 0.02 < small.mean() < 0.06
@@ -212,7 +213,7 @@ def test_build_end_to_end_on_user_prompts_alone_and_resume_checks_them(tiny_chat
     would no longer line up with the work folder's)."""
     import json
 
-    from realrun.draft_build import BuildConfig, build, user_prompt_items
+    from realrun.draft_head import BuildConfig, build, user_prompt_items
     from realrun.models import encode_prompt, load_causal_lm
     from realrun.prompts import read_prompts
 
@@ -240,7 +241,7 @@ def test_build_end_to_end_on_user_prompts_alone_and_resume_checks_them(tiny_chat
 
 
 def test_generation_batches_put_the_users_prompts_first():
-    from realrun.draft_build import generation_batches
+    from realrun.draft_head.build import generation_batches
 
     lengths = [5, 9, 12] + [30, 10, 20, 40, 15] + [300, 200, 100, 400]
     batches = generation_batches(lengths, n_user=3, n_short=8, batch=2, seed=0)
@@ -249,3 +250,56 @@ def test_generation_batches_put_the_users_prompts_first():
     short = batches[2:5]
     assert short == [[4, 3], [5, 6], [7]]  # built-in order kept across batches, each batch by length
     assert sorted(map(tuple, batches[5:])) == [(8, 9), (10, 11)]
+
+
+def test_interrupted_head_save_keeps_the_old_head(tiny_target, tmp_path, monkeypatch):
+    """`save_head` swaps the whole folder in (`ltd_sim.io.replace_dir`): a crash before or during the swap
+    leaves the old head loadable and intact, never no head."""
+    import os
+
+    import ltd_sim.io as io
+
+    old = init_head(tiny_target, np.arange(64), seed=1)
+    save_head(old, tmp_path / "head")
+    new = init_head(tiny_target, np.arange(64), seed=2)
+
+    def assert_old_head_intact():
+        back = load_head(tmp_path / "head", tiny_target)
+        assert all(torch.equal(v, back.state_dict()[k]) for k, v in old.state_dict().items())
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["head"]  # no temp or backup folder left
+
+    def power_cut(*args):
+        raise OSError("power cut")
+
+    monkeypatch.setattr(io, "_swap_in", power_cut)  # the new folder is written, the swap never happens
+    with pytest.raises(OSError, match="power cut"):
+        save_head(new, tmp_path / "head")
+    monkeypatch.undo()
+    assert_old_head_intact()
+
+    # without an atomic exchange: old folder renamed to its backup name, then the crash before the new
+    # one is renamed in; the next read puts the old one back
+    renames = []
+
+    def rename_then_crash(src, dst):
+        renames.append(src)
+        if len(renames) == 2:
+            power_cut()
+        os.replace(src, dst)
+
+    monkeypatch.setattr(io, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(io.os, "rename", rename_then_crash)
+    with pytest.raises(OSError, match="power cut"):
+        save_head(new, tmp_path / "head")
+    monkeypatch.undo()
+    assert not (tmp_path / "head").exists()
+    assert_old_head_intact()
+
+
+def test_work_folder_of_another_version_is_refused(tmp_path):
+    from realrun.draft_head.state import BuildState
+
+    (tmp_path / "state.json").write_text('{"spent_s": 12.0, "finished": true}')  # no version: an older build
+    with pytest.raises(LTDError, match="fresh work folder"):
+        BuildState.load(tmp_path)
+    assert BuildState.load(tmp_path / "none") is None

@@ -1,10 +1,9 @@
-"""`ltd draft build`: train an EAGLE-3 draft head for a local target (realrun.draft_build)."""
+"""`ltd draft build`: train an EAGLE-3 draft head for a local target (realrun.draft_head). Argparse only:
+the options are checked by the build itself (`BuildConfig.validate`)."""
 
 from __future__ import annotations
 
 import json
-
-from ltd_sim.errors import LTDError
 
 
 def add_parser(sub) -> None:
@@ -31,36 +30,19 @@ def add_parser(sub) -> None:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.add_argument("--json", action="store_true", help="print the build report as JSON")
-    b.set_defaults(func=cmd_draft_build)
+    b.set_defaults(func=cmd_build_head)
 
 
-def cmd_draft_build(args) -> int:
-    from ltd_sim import defaults
-    from realrun.draft_build import BuildConfig, TrainConfig, build
+def cmd_build_head(args) -> int:
+    from realrun.draft_head import BuildConfig, TrainConfig, build, user_prompt_items
+    from realrun.prompts import read_prompts
 
-    if args.minutes <= 0:
-        raise LTDError(f"--minutes must be positive, got {args.minutes}")
-    if args.draft_vocab < 16:
-        raise LTDError(f"--draft-vocab must be at least 16, got {args.draft_vocab}")
-    steps = args.ttt_steps if args.ttt_steps is not None else defaults.MAX_DEPTH
-    if not 1 <= steps <= 16:
-        raise LTDError(f"--ttt-steps must be in 1..16, got {steps}")
+    given = {name: value for name, value in (("gen_fraction", args.gen_fraction),
+                                             ("data_fraction", args.data_fraction)) if value is not None}
+    train = TrainConfig(seed=args.seed, **({"ttt_steps": args.ttt_steps} if args.ttt_steps is not None else {}))
     cfg = BuildConfig(minutes=args.minutes, draft_vocab=args.draft_vocab, seed=args.seed,
-                      train=TrainConfig(ttt_steps=steps, seed=args.seed))
-    gen = cfg.gen_fraction if args.gen_fraction is None else args.gen_fraction
-    data = cfg.data_fraction if args.data_fraction is None else args.data_fraction
-    if not 0 <= gen <= data < 1:
-        raise LTDError(f"need 0 <= --gen-fraction <= --data-fraction < 1, got {gen} and {data}")
-    cfg.gen_fraction, cfg.data_fraction = gen, data
-    if args.only_prompts and not args.prompts:
-        raise LTDError("--only-prompts needs --prompts FILE")
-    cfg.builtin_prompts = not args.only_prompts
-    user_prompts = None
-    if args.prompts:
-        from realrun.draft_build import user_prompt_items
-        from realrun.prompts import read_prompts
-
-        user_prompts = user_prompt_items(read_prompts(args.prompts))
+                      builtin_prompts=not args.only_prompts, train=train, **given)
+    user_prompts = user_prompt_items(read_prompts(args.prompts)) if args.prompts else None
     report = build(args.target, args.out, cfg, resume=args.resume, work=args.work, progress=not args.quiet,
                    user_prompts=user_prompts)
     if args.json:
