@@ -7,8 +7,10 @@
 
 The `lm` drafts are the target's first layers (layer-skip drafts sharing its vocabulary), made on the
 spot from the target's weights: a shallow one (cheap, rarely right) and the full stack (the target as
-its own draft: every token accepted), so that both ends of the acceptance range are measured. Every measurement is interleaved across methods and repeated; we
-report medians and ratios, and check that all outputs agree.
+its own draft: every token accepted), so that both ends of the acceptance range are measured. Every
+measurement is interleaved across methods and repeated; we report medians and ratios of the end-to-end
+rate (prefill included: transformers' `generate` has no prefill boundary to read; `realrun.measure`),
+and check that all outputs agree. Runs against the installed package (`pip install -e .`).
 
     python benchmarks/decode.py [--target PATH] [--tokens 64] [--repeats 3] [--draft-layers 8,30] [--n-draft 4]
 """
@@ -24,7 +26,7 @@ import torch
 from ltd_sim.control import StaticDepth, StaticSize
 from realrun.decoder import DecodeConfig, generate
 from realrun.drafters import LMDrafter
-from realrun.loading import set_threads
+from realrun.measure import END_TO_END_RATE, RATE_LABELS, use_threads
 from realrun.models import encode_prompt, layer_skip_draft, load_causal_lm, resolve_target
 
 PROMPTS = [
@@ -59,7 +61,7 @@ def main() -> None:
     ap.add_argument("--draft-layers", default="8,30", help="comma-separated layer counts of the lm drafts")
     ap.add_argument("--n-draft", type=int, default=4)
     args = ap.parse_args()
-    set_threads()
+    use_threads()
     tgt = load_causal_lm(resolve_target(args.target))
     model, tok = tgt.model, tgt.tokenizer
     n, k = args.tokens, args.n_draft
@@ -91,7 +93,8 @@ def main() -> None:
                     outputs[name].append(out)
     med = {m: statistics.median(v) for m, v in times.items()}
     print(f"target {tgt.path.name}, {n} new tokens, {len(PROMPTS)} prompts x {args.repeats} repeats, "
-          f"{torch.get_num_threads()} threads; lm drafts = first {args.draft_layers} layers, {k} draft tokens")
+          f"{torch.get_num_threads()} threads; lm drafts = first {args.draft_layers} layers, {k} draft tokens; "
+          f"tok/s = {RATE_LABELS[END_TO_END_RATE]}")
     for m in methods:
         print(f"  {m:12s} median {med[m]:7.2f} tok/s")
     print(f"ours_ar / hf_generate        = {med['ours_ar'] / med['hf_generate']:.3f}")

@@ -7,6 +7,7 @@ heuristics and static settings all implement these, in the real decoder and in t
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
 from ltd_sim.tree import DraftTree
@@ -36,3 +37,29 @@ class StaticSize:
 
     def choose_size(self, tree: DraftTree, context_len: int) -> int:
         return self.size
+
+
+class TimedControl:
+    """A depth and a size controller with the seconds spent inside their calls counted.
+
+    The bench and the measurement harness report policy overhead (controller seconds over generation
+    seconds) for every method alike, static ones included, so the count wraps the controllers rather
+    than living in each of them."""
+
+    def __init__(self, depth: DepthController, size: SizeController):
+        self.depth, self.size = depth, size
+        self.seconds = 0.0
+        self.calls = 0
+
+    def should_continue(self, tree: DraftTree, context_len: int) -> bool:
+        return self._timed(self.depth.should_continue, tree, context_len)
+
+    def choose_size(self, tree: DraftTree, context_len: int) -> int:
+        return self._timed(self.size.choose_size, tree, context_len)
+
+    def _timed(self, call, tree: DraftTree, context_len: int):
+        start = time.perf_counter()
+        out = call(tree, context_len)
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+        return out

@@ -138,6 +138,18 @@ def split_of(index: int) -> str:
     return {3: "val", 4: "test"}.get(index % 5, "train")
 
 
+def split_prompts(prompts: list) -> tuple[list, list]:
+    """(train, validation) prompts by the same rule as the traces (`split_of`: 3 of 5 train, 1 val, the
+    test fifth left out for benchmarks); under 5 prompts, the last one validates."""
+    if len(prompts) < 2:
+        raise LTDError(f"fine-tuning needs at least 2 prompts (training and validation), got {len(prompts)}")
+    if len(prompts) < 5:
+        return list(prompts[:-1]), [prompts[-1]]
+    train = [p for i, p in enumerate(prompts) if split_of(i) == "train"]
+    val = [p for i, p in enumerate(prompts) if split_of(i) == "val"]
+    return train, val
+
+
 def load_traces(trace_dir: str | os.PathLike, split: str = "all") -> list[TraceSequence]:
     """Every sequence of a trace folder (or one split of it), checked to share top-k and max depth."""
     if split not in SPLITS:
@@ -154,13 +166,3 @@ def load_traces(trace_dir: str | os.PathLike, split: str = "all") -> list[TraceS
 
 def write_manifest(out_dir: str | os.PathLike, info: dict) -> None:
     write_json(Path(out_dir) / MANIFEST, {"format": TRACE_FORMAT, "version": TRACE_VERSION, **info})
-
-
-def read_manifest(trace_dir: str | os.PathLike) -> dict:
-    path = Path(trace_dir) / MANIFEST
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise LTDError(f"corrupted trace manifest {path}: {exc}") from None

@@ -15,13 +15,14 @@ Reward, per cycle (committing c tokens in t measured seconds), as in pretraining
 "time" (default) `c - rate * t`, an episode's return is `L - rate * T`: maximising it minimises the
 generation's measured time, i.e. maximises its real throughput; "throughput" (the paper's) `c / t /
 rate`. The reward kind is the one the policies were pretrained with (their spec.json). `rate` is
-the starting policies' measured throughput on the validation prompts (pretraining uses the best
+the starting policies' measured decode rate on the first training prompts (pretraining uses the best
 static throughput on the training traces: a reference near what a good policy achieves; with a
 fixed generation length any positive rate gives the same optimum).
 
 `run_finetune` continues PPO from the pretrained policies: rounds of (depth phase, size phase), the
 partner frozen in each, as pretraining's stage 2. After every phase both policies are validated by
-real decoding of the held-out prompts (measured decode tokens/s); the best pair so far, the starting
+real decoding of the held-out prompts (their decode rate, prefill excluded: `realrun.measure`, the
+simulator's quantity and what the policies control); the best pair so far, the starting
 pair included, is kept in `OUT/policies/`. Every PPO update leaves an atomic checkpoint
 (`OUT/checkpoints/current/`) and `OUT/state.json`, so an interrupted run resumes after its last
 update.
@@ -47,61 +48,13 @@ from ltd_sim.envs import REWARDS
 from ltd_sim.errors import LTDError
 from ltd_sim.features import FeatureSpec, observe
 from ltd_sim.policy import STOP, PolicyController, load_policies, save_policies
-from ltd_sim.trace import split_of
+from ltd_sim.trace import split_prompts
 from realrun.decoder import DecodeConfig, generate
+from realrun.measure import DECODE_RATE, measure, measure_many, progress_bar
 
 KINDS = ("depth", "size")
-RATE_PROMPTS = 2  # training prompts whose measured throughput (starting policies) is the reward's rate
-
-
-# --------------------------------------------------------------------------------------------
-# Measurement on the real decoder (validation here, confirmation in `realrun.tune`)
-# --------------------------------------------------------------------------------------------
-
-def _policy_seconds(*ctrls) -> float:
-    """Seconds spent in the (distinct) controllers' calls, for those that count them (PolicyController)."""
-    return sum(getattr(c, "seconds", 0.0) for c in {id(c): c for c in ctrls}.values())
-
-
-def measure(pair, prompts, depth_ctrl, size_ctrl, cfg: DecodeConfig, warmup: bool = True) -> dict:
-    """Decode every prompt (token ids) greedily with one pair of controllers; see `measure_many`."""
-    return measure_many(pair, prompts, [(depth_ctrl, size_ctrl)], cfg, warmup)[0]
-
-
-def measure_many(pair, prompts, methods: list, cfg: DecodeConfig, warmup: bool = True) -> list[dict]:
-    """Measured decode throughput of several (depth controller, size controller) methods, interleaved
-    prompt by prompt (the order rotating), so that a change of machine load hits all of them alike.
-
-    tokens_per_s = tokens committed by cycles / the cycles' measured seconds (prefill excluded, the
-    simulator's quantity); wall_tokens_per_s = all new tokens / wall-clock seconds; policy_fraction =
-    time in the controllers' calls (those that count them) / wall-clock seconds."""
-    if not prompts:
-        raise LTDError("no prompts to measure on")
-    run = lambda ids, m, c: generate(pair.target.model, ids, pair.drafter, c, m[0], m[1],  # noqa: E731
-                                     eos_ids=pair.eos_ids, context_limit=pair.context_limit)
-    if warmup:  # first-call costs (allocations, kernels) do not belong to any method
-        for m in methods:
-            run(prompts[0], m, DecodeConfig(**{**asdict(cfg), "max_new_tokens": 4}))
-    acc = [{"tokens": 0, "cycles": 0, "new": 0, "seconds": 0.0, "wall": 0.0,
-            "policy0": _policy_seconds(*m)} for m in methods]
-    for j, ids in enumerate(prompts):
-        for i in np.roll(np.arange(len(methods)), -j):
-            res = run(ids, methods[i], cfg)
-            a = acc[i]
-            a["tokens"] += len(res.token_ids) - 1  # the first new token comes from the prefill
-            a["cycles"] += len(res.cycles)
-            a["seconds"] += sum(c.total_s for c in res.cycles)
-            a["new"] += len(res.token_ids)
-            a["wall"] += res.wall_s
-    out = []
-    for m, a in zip(methods, acc):
-        policy_s = _policy_seconds(*m) - a["policy0"]
-        out.append({"tokens_per_s": a["tokens"] / a["seconds"] if a["seconds"] > 0 else 0.0,
-                    "tau": a["tokens"] / max(a["cycles"], 1),
-                    "wall_tokens_per_s": a["new"] / a["wall"] if a["wall"] > 0 else 0.0,
-                    "tokens": a["tokens"], "seconds": a["seconds"], "cycles": a["cycles"], "prompts": len(prompts),
-                    "policy_s": policy_s, "policy_fraction": policy_s / a["wall"] if a["wall"] > 0 else 0.0})
-    return out
+RATE_PROMPTS = 2  # training prompts whose measured decode rate (starting policies) is the reward's rate
+DEFAULT_STEPS = 256  # env steps when neither --steps nor --minutes is given
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,18 +249,6 @@ def policy_extras(info: dict) -> dict:
     return {k: v for k, v in info.items() if k not in own}
 
 
-def split_prompts(prompts: list) -> tuple[list, list]:
-    """(train, validation) prompts: the trace split rule (`ltd_sim.trace.split_of`: 3 of 5 train,
-    1 val, the test fifth left out for benchmarks); under 5 prompts, the last one validates."""
-    if len(prompts) < 2:
-        raise LTDError(f"fine-tuning needs at least 2 prompts (training and validation), got {len(prompts)}")
-    if len(prompts) < 5:
-        return list(prompts[:-1]), [prompts[-1]]
-    train = [p for i, p in enumerate(prompts) if split_of(i) == "train"]
-    val = [p for i, p in enumerate(prompts) if split_of(i) == "val"]
-    return train, val
-
-
 def _load_ppo(path: Path, env, cfg: FinetuneConfig, tb: Path):
     from stable_baselines3 import PPO
 
@@ -318,12 +259,33 @@ def _load_ppo(path: Path, env, cfg: FinetuneConfig, tb: Path):
         raise LTDError(f"cannot load the policy {path}: {exc}") from None
 
 
+def check_options(policy_dir, out_dir, steps: int | None, minutes: float | None, cfg: FinetuneConfig,
+                  has_draft: bool, resume: bool = True) -> tuple[int | None, float | None]:
+    """Every fine-tuning option checked, before any model loads. Returns the budget (steps, minutes):
+    `DEFAULT_STEPS` steps when neither is given."""
+    cfg.validate()
+    if steps is not None and minutes is not None:
+        raise LTDError("give one budget: --steps N or --minutes M")
+    if steps is None and minutes is None:
+        steps = DEFAULT_STEPS
+    if steps is not None and steps < 1:
+        raise LTDError(f"--steps must be at least 1, got {steps}")
+    if minutes is not None and not minutes > 0:
+        raise LTDError(f"--minutes must be positive, got {minutes}")
+    if not has_draft:
+        raise LTDError("fine-tuning needs a draft model: --draft DIR (or --draft default)")
+    load_policies(policy_dir)  # a bad policy folder fails here
+    if (Path(out_dir) / "state.json").is_file() and not resume:
+        raise LTDError(f"{out_dir} already holds a fine-tuning run; resume it (--resume) or use another --out")
+    return steps, minutes
+
+
 def run_finetune(pair, policy_dir, out_dir, prompts, steps: int | None = None, minutes: float | None = None,
                  val_prompts=None, cfg: FinetuneConfig | None = None, resume: bool = True,
                  progress: bool = True, log=print, on_update=None) -> dict:
     """Fine-tune the policies in `policy_dir` on the real decoder `pair` (a `realrun.loading.ModelPair`
     or anything with .target.model, .drafter, .eos_ids, .context_limit), for `steps` env steps or
-    about `minutes` minutes (training and validation together).
+    about `minutes` minutes (training and validation together; neither: `DEFAULT_STEPS` steps).
 
     `prompts`: token-id sequences; without `val_prompts` they are split by `split_prompts`. Writes
     OUT/policies (the best validated pair), OUT/checkpoints/current, OUT/state.json, OUT/tb.
@@ -333,17 +295,8 @@ def run_finetune(pair, policy_dir, out_dir, prompts, steps: int | None = None, m
     from tqdm import tqdm
 
     cfg = cfg or FinetuneConfig()
-    cfg.validate()
-    if (steps is None) == (minutes is None):
-        raise LTDError("give one budget: --steps N or --minutes M")
-    if steps is not None and steps < 1:
-        raise LTDError(f"--steps must be at least 1, got {steps}")
-    if minutes is not None and not minutes > 0:
-        raise LTDError(f"--minutes must be positive, got {minutes}")
-    if pair.drafter is None:
-        raise LTDError("fine-tuning needs a draft model (--draft)")
-    depth0, size0, spec, info = load_policies(policy_dir)  # a bad policy folder fails here
-    del depth0, size0
+    steps, minutes = check_options(policy_dir, out_dir, steps, minutes, cfg, pair.drafter is not None, resume)
+    _, _, spec, info = load_policies(policy_dir)
     reward = cfg.reward or info.get("reward", "time")
     train, val = split_prompts(list(prompts)) if val_prompts is None else (list(prompts), list(val_prompts))
     if not train or not val:
@@ -357,8 +310,6 @@ def run_finetune(pair, policy_dir, out_dir, prompts, steps: int | None = None, m
                 "train_prompts": len(train), "val_prompts": len(val)}
     state = None
     if state_path.is_file():
-        if not resume:
-            raise LTDError(f"{out} already holds a fine-tuning run; resume it (--resume) or use another --out")
         try:
             state = json.loads(state_path.read_text())
         except ValueError as exc:
@@ -380,18 +331,18 @@ def run_finetune(pair, policy_dir, out_dir, prompts, steps: int | None = None, m
             f"validating the starting policies...")
         start_ctrl = PolicyController(policy_dir)
         start = measure(pair, val, start_ctrl, start_ctrl, dcfg)
-        rate = measure(pair, train[:RATE_PROMPTS], start_ctrl, start_ctrl, dcfg, warmup=False)["tokens_per_s"]
+        rate = measure(pair, train[:RATE_PROMPTS], start_ctrl, start_ctrl, dcfg, warmup=False).decode_tokens_per_s
         state = {"settings": settings, "phase": 0, "phase_steps": 0, "steps": 0, "seconds": 0.0,
-                 "rate": rate, "start": start, "history": [],
-                 "best": {"phase": "start", "val_tokens_per_s": start["tokens_per_s"], "steps": 0}}
+                 "rate": rate, "rate_kind": DECODE_RATE, "start": start.to_json(), "history": [],
+                 "best": {"phase": "start", f"val_{DECODE_RATE}": start.decode_tokens_per_s, "steps": 0}}
         depth_m, size_m, _, _ = load_policies(policy_dir)
         save(out / "policies", {"depth": depth_m, "size": size_m},
-             {"finetune": {"phase": "start", "real_val_tokens_per_s": start["tokens_per_s"]}})
+             {"finetune": {"phase": "start", f"real_val_{DECODE_RATE}": start.decode_tokens_per_s}})
         save(ckpt, {"depth": depth_m, "size": size_m}, {"finetune": {"phase": "start"}})
         state["seconds"] = time.perf_counter() - t_run
         write_json(state_path, state)
-        log(f"  start          val {start['tokens_per_s']:.2f} tok/s (tau {start['tau']:.2f}) measured; "
-            f"reward rate {rate:.2f} tok/s (training prompts)")
+        log(f"  start          val {start.decode_tokens_per_s:.2f} tok/s decode rate (tau {start.tau:.2f}); "
+            f"reward rate {rate:.2f} tok/s (training prompts, decode rate)")
     state["budget"] = budget
     if state["rate"] <= 0:
         raise LTDError("the starting policies committed no tokens on the validation prompts")
@@ -411,8 +362,8 @@ def run_finetune(pair, policy_dir, out_dir, prompts, steps: int | None = None, m
     torch.set_num_threads(prev_threads)  # SB3's load may change it; the decoder wants its threads
 
     total = steps if steps is not None else minutes * 60.0
-    bar = tqdm(total=round(total), initial=round(min(state["steps"] if steps is not None else elapsed(), total)),
-               desc="finetune", unit="step" if steps is not None else "s", disable=not progress)
+    bar = progress_bar(round(total), "finetune", "step" if steps is not None else "s", progress,
+                       initial=round(min(state["steps"] if steps is not None else elapsed(), total)))
     try:
         while state["phase"] < len(phases):
             i = state["phase"]
@@ -444,43 +395,37 @@ def run_finetune(pair, policy_dir, out_dir, prompts, steps: int | None = None, m
             cand = PolicyController(models=(models["depth"], models["size"], spec))
             best = PolicyController(out / "policies")
             res, inc = measure_many(pair, val, [(cand, cand), (best, best)], dcfg)
-            record = {"phase": name, "steps": state["steps"], "val_tokens_per_s": res["tokens_per_s"],
-                      "val_tau": res["tau"], "best_in_same_pass_tokens_per_s": inc["tokens_per_s"],
+            record = {"phase": name, "steps": state["steps"], f"val_{DECODE_RATE}": res.decode_tokens_per_s,
+                      "val_tau": res.tau, f"best_in_same_pass_{DECODE_RATE}": inc.decode_tokens_per_s,
                       "seconds": elapsed()}
             state["history"].append(record)
-            if res["tokens_per_s"] > inc["tokens_per_s"]:  # paired: beat the best so far in the same pass
+            if res.decode_tokens_per_s > inc.decode_tokens_per_s:  # paired: beat the best so far in the same pass
                 state["best"] = record
                 save(out / "policies", models, {"finetune": {"phase": name, "steps": state["steps"],
-                                                             "real_val_tokens_per_s": res["tokens_per_s"],
-                                                             "start_val_tokens_per_s": state["start"]["tokens_per_s"]}})
+                                                             f"real_val_{DECODE_RATE}": res.decode_tokens_per_s,
+                                                             f"start_val_{DECODE_RATE}": state["start"][DECODE_RATE]}})
             state["phase"] += 1
             state["phase_steps"] = 0
             state["seconds"] = elapsed()
             write_json(state_path, state)
             with tqdm.external_write_mode(file=sys.stderr):
-                log(f"  {name:14s} val {res['tokens_per_s']:.2f} tok/s (tau {res['tau']:.2f}) vs best so far "
-                    f"{inc['tokens_per_s']:.2f} in the same pass; best: {state['best']['phase']}")
+                log(f"  {name:14s} val {res.decode_tokens_per_s:.2f} tok/s decode rate (tau {res.tau:.2f}) vs best "
+                    f"so far {inc.decode_tokens_per_s:.2f} in the same pass; best: {state['best']['phase']}")
     finally:
         bar.close()
         for e in envs.values():
             e.close()
-    summary = {"policies": str(out / "policies"), "best_phase": state["best"]["phase"],
-               "start_val_tokens_per_s": state["start"]["tokens_per_s"],
-               "best_val_tokens_per_s": state["best"]["val_tokens_per_s"],
-               "gain": state["best"]["val_tokens_per_s"] / state["start"]["tokens_per_s"],
+    start_rate, best_rate = state["start"][DECODE_RATE], state["best"][f"val_{DECODE_RATE}"]
+    summary = {"policies": str(out / "policies"), "best_phase": state["best"]["phase"], "rate": DECODE_RATE,
+               f"start_val_{DECODE_RATE}": start_rate, f"best_val_{DECODE_RATE}": best_rate,
+               "gain": best_rate / start_rate,
                "steps": state["steps"], "seconds": state["seconds"], "history": state["history"],
                "resumed": resumed, "reward": reward}
     state["summary"] = summary
     write_json(state_path, state)
-    log(f"finetune: best {summary['best_phase']} {summary['best_val_tokens_per_s']:.2f} tok/s "
+    log(f"finetune: best {summary['best_phase']} {best_rate:.2f} tok/s decode rate "
         f"({summary['gain']:.3f}x the start) -> {summary['policies']}")
     return summary
 
 
-def encode_prompts(pair, prompts: list[dict], chat: bool = True) -> list[list[int]]:
-    from realrun.models import encode_prompt
-
-    return [encode_prompt(pair.target.tokenizer, p["text"], chat=chat) for p in prompts]
-
-
-__all__ = ["FinetuneConfig", "RealDecoderEnv", "measure", "run_finetune", "split_prompts", "encode_prompts"]
+__all__ = ["DEFAULT_STEPS", "FinetuneConfig", "RealDecoderEnv", "check_options", "policy_extras", "run_finetune"]

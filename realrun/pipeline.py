@@ -114,7 +114,7 @@ class Pipeline:
             self.summaries["draft"] = {"head": str(head), "built": False, "seconds": 0.0, "skipped": True}
             self.log(f"[draft] cached head at {head}")
             return head
-        from realrun.draft_build import BuildConfig, build
+        from realrun.draft_head import BuildConfig, build
 
         t0 = time.perf_counter()
         report = build(self.target, cfg=BuildConfig(minutes=self.budget.draft_minutes), resume=True, log=self.log)
@@ -136,8 +136,8 @@ class Pipeline:
         def profile():
             from realrun.probes import run_profile
 
-            model, seconds, _ = run_profile(self.target, draft, "eagle3", preset=b.profile_preset,
-                                            out=self.run_dir, force=True, log=self.log)
+            model = run_profile(self.target, draft, "eagle3", preset=b.profile_preset,
+                                out=self.run_dir, force=True, log=self.log).model
             return {"cost_model": str(cost_path), "cv_error": model.cv_errors()}
 
         self.stage("profile", {"preset": b.profile_preset, "head": head_digest}, profile)
@@ -226,20 +226,17 @@ class Pipeline:
         ltd_policy = finetune_dir / "policies"
 
         def bench():
-            from realrun.bench import Question, run_bench
-            from realrun.models import encode_prompt
+            from realrun.bench import BenchConfig, encode_questions, run_bench
             from realrun.prompts import default_bench_prompts
 
-            tok = pair().target.tokenizer
-            questions = [Question(p["id"], p["category"], encode_prompt(tok, p["text"]), p["text"])
-                         for p in default_bench_prompts(b.bench_questions)]
-            report = run_bench(pair(), questions,
-                               methods=("ar", "eagle3", "grid", "ltd-sim", "ltd", "hf-assisted"),
-                               policy_dir=ltd_policy, sim_policy_dir=sim_policy,
-                               grid_setting=grid_setting(grid_summary), max_new_tokens=b.bench_tokens,
-                               repeats=b.bench_repeats, peer_questions=b.bench_peer_questions,
-                               out_dir=self.run_dir / "bench", log=self.log)
-            return {"methods": report["methods"], "paired": report["paired"]}
+            questions = encode_questions(default_bench_prompts(b.bench_questions), pair().target.tokenizer)
+            cfg = BenchConfig(methods=("ar", "eagle3", "grid", "ltd-sim", "ltd", "hf-assisted"),
+                              policy_dir=ltd_policy, sim_policy_dir=sim_policy,
+                              grid_setting=grid_setting(grid_summary), max_new_tokens=b.bench_tokens,
+                              repeats=b.bench_repeats, peer_questions=b.bench_peer_questions)
+            report = run_bench(pair(), questions, cfg, out_dir=self.run_dir / "bench", log=self.log)
+            return {"methods": report["methods"], "paired": report["paired"],
+                    "headline_rate": report["settings"]["headline_rate"]}
 
         self.stage("bench", {"budget": asdict(b), "ltd": digest(ltd_policy), "sim": digest(sim_policy),
                              "grid": list(grid_setting(grid_summary))}, bench)
@@ -268,19 +265,27 @@ def write_report(run_dir: Path, budget: Budget, summaries: dict) -> Path:
         lines.append(f"| {name} | {s.get('seconds', 0.0):.0f} | {'yes' if s.get('skipped') else 'no'} |")
     if sim:
         lines += ["", "## Simulation (held-out test traces, fitted cost model)", "",
-                  "| method | tokens/s | tau | of oracle |", "|---|---:|---:|---:|"]
+                  "| method | tokens/s (simulated decode rate, prefill excluded) | tau | of oracle |",
+                  "|---|---:|---:|---:|"]
         for name, row in sim.items():
             lines.append(f"| {name} | {row['tokens_per_s']:.2f} | {row['tau']:.2f} | {row['oracle_ratio']:.3f} |")
     if bench:
+        from realrun.measure import DECODE_RATE, END_TO_END_RATE, RATE_LABELS
+
         lines += ["", "## Real decoder (`ltd bench`, held-out prompts, one run side by side)", "",
-                  "| method | tokens/s | speedup vs ar | tau | lossless |", "|---|---:|---:|---:|---|"]
+                  f"tokens/s and speedup: the {RATE_LABELS[END_TO_END_RATE]}; beside it the "
+                  f"{RATE_LABELS[DECODE_RATE]}.", "",
+                  "| method | tokens/s (end-to-end) | tokens/s (decode) | speedup vs ar | tau | lossless |",
+                  "|---|---:|---:|---:|---:|---|"]
         for name, row in bench.items():
-            lines.append(f"| {name} | {row['tokens_per_s']:.2f} | {row['speedup']:.3f} | {row['tau']:.2f} | "
+            decode = "-" if row.get(DECODE_RATE) is None else f"{row[DECODE_RATE]:.2f}"
+            tau = "-" if row.get("tau") is None else f"{row['tau']:.2f}"
+            lines.append(f"| {name} | {row[END_TO_END_RATE]:.2f} | {decode} | {row['speedup']:.3f} | {tau} | "
                          f"{row['lossless']} |")
         for key, pr in summaries.get("bench", {}).get("paired", {}).items():
             if key.endswith("/grid") and pr.get("ratio_of_means") is not None:
                 ci = pr.get("ci90")
-                lines += ["", f"{key} (paired, same questions): {pr['ratio_of_means']:.3f}"
+                lines += ["", f"{key} (paired, same questions, end-to-end rate): {pr['ratio_of_means']:.3f}"
                           + (f", 90% bootstrap interval over questions {ci[0]:.3f} - {ci[1]:.3f}" if ci else "")]
         lines += ["", "Plots and per-category tables: [bench/report.md](bench/report.md)."]
     text = "\n".join(lines) + "\n"

@@ -4,12 +4,16 @@ the static grid (the strong "EAGLE-3 + grid search" baseline).
 - `ppo`: each trial pretrains the depth and size policies in simulation (`ltd_sim.train.pretrain`,
   a short budget) with the trial's `PretrainConfig` and feature settings; its objective is the
   simulated throughput of the best pair on the validation traces. The best `confirm` trials are then
-  decoded on the real decoder (held-out prompts, measured tokens/s) and the best measured one is
+  decoded on the real decoder (held-out prompts) and the one with the best measured decode rate is
   copied to OUT/policies (the best simulated one when nothing is confirmed).
 - `grid`: each trial is one static (D, V); its objective is the simulated throughput on the train and
   val traces (never the test fifth). The best `confirm` settings are measured on the real decoder and
-  the fastest measured one is written to OUT/grid.json (format below), which `ltd bench --grid-from`
-  reads.
+  the one with the best decode rate is written to OUT/grid.json (format below), which `ltd bench
+  --grid-from` reads.
+
+Measurements go through `realrun.measure` and report both rates by their names: the decode rate
+(prefill excluded; the simulator's quantity, so confirmation selects on it) and the end-to-end rate
+(prefill included; the bench's headline).
 
 Storage: default `sqlite:///OUT/optuna.db`; `storage` takes any Optuna storage URL (postgresql://...,
 mysql://...) or a path ending `.journal` / `.log` (an `optuna.storages.JournalStorage` over a
@@ -17,9 +21,10 @@ mysql://...) or a path ending `.journal` / `.log` (an `optuna.storages.JournalSt
 study (`load_if_exists=True`): run the same command on each.
 
 grid.json: {"format": "ltd-grid", "version": 1, "depth": D, "size": V, "top_k": k, "max_depth": M,
-"source": "measured" | "simulated", "simulated_tokens_per_s": x, "measured_tokens_per_s": y | null,
-"candidates": [{"depth", "size", "simulated_tokens_per_s", "measured_tokens_per_s"}], "study", "trials",
-"traces", "cost"}.
+"source": "measured" | "simulated", "selected_by": "decode_tokens_per_s", "simulated_tokens_per_s": x,
+"measured_decode_tokens_per_s": y | null, "measured_end_to_end_tokens_per_s": z | null,
+"candidates": [{"depth", "size", "simulated_tokens_per_s", "measured_decode_tokens_per_s",
+"measured_end_to_end_tokens_per_s"}], "study", "trials", "traces", "cost"}.
 """
 
 from __future__ import annotations
@@ -29,11 +34,15 @@ import socket
 import time
 from pathlib import Path
 
-from ltd_sim.io import write_json
 from ltd_sim.errors import LTDError
+from ltd_sim.io import write_json
+from ltd_sim.trace import split_prompts
+from realrun.measure import DECODE_RATE, END_TO_END_RATE, measure_many
 
 KINDS = ("ppo", "grid")
-GRID_FORMAT, GRID_VERSION = "ltd-grid", 1
+DEFAULT_TRIALS = {"grid": 120, "ppo": 8}  # grid: more than its 8 x 13 settings, so the GridSampler covers it
+GRID_FORMAT, GRID_VERSION = "ltd-grid", 2  # 2: both measured rates, named (1 had one "measured_tokens_per_s")
+MEASURED_DECODE, MEASURED_END_TO_END = f"measured_{DECODE_RATE}", f"measured_{END_TO_END_RATE}"
 NET_ARCHS = {"32x32": (32, 32), "64x64": (64, 64), "128x128": (128, 128), "64x64x64": (64, 64, 64)}
 CONTEXT_NORMS = (1024, 4096, 16384)
 
@@ -70,8 +79,6 @@ def _retry(fn, what: str, attempts: int = 6):
 
 def confirm_prompts(prompts: list) -> list:
     """The prompts confirmation decodes: the validation fifth (`ltd_sim.trace.split_of`) of 5 or more, else all."""
-    from realrun.finetune import split_prompts
-
     return split_prompts(prompts)[1] if len(prompts) >= 5 else list(prompts)
 
 
@@ -123,25 +130,34 @@ def suggest_pretrain(trial, trial_steps: int):
     return cfg, trial.suggest_categorical("context_norm", list(CONTEXT_NORMS))
 
 
-def run_tune(kind: str, traces, cost, out_dir, trials: int, storage: str | None = None, study: str | None = None,
-             confirm: int = 0, pair=None, prompts=None, trial_steps: int = 20_000, max_new_tokens: int = 64,
+def check_options(kind: str, trials: int | None, confirm: int, trial_steps: int, has_decoder: bool) -> int:
+    """Every tune option checked, before any model loads; returns the trial count (`DEFAULT_TRIALS` when
+    None). `has_decoder`: a draft model and confirmation prompts are given."""
+    if kind not in KINDS:
+        raise LTDError(f"unknown study kind {kind!r}; choose one of {', '.join(KINDS)}")
+    trials = DEFAULT_TRIALS[kind] if trials is None else trials
+    if trials < 1:
+        raise LTDError(f"--trials must be at least 1, got {trials}")
+    if confirm < 0:
+        raise LTDError(f"--confirm must be >= 0, got {confirm}")
+    if confirm and not has_decoder:
+        raise LTDError("--confirm needs the real decoder: --draft (and --target) and --prompts")
+    if kind == "ppo" and trial_steps < 64:
+        raise LTDError(f"--trial-steps must be at least 64, got {trial_steps}")
+    return trials
+
+
+def run_tune(kind: str, traces, cost, out_dir, trials: int | None = None, storage: str | None = None,
+             study: str | None = None, confirm: int = 0, pair=None, prompts=None, trial_steps: int = 20_000, max_new_tokens: int = 64,
              seed: int | None = None, log=print) -> dict:
-    """Run `trials` trials of the `kind` study in this worker (others may share the study), then
+    """Run `trials` trials (None: `DEFAULT_TRIALS`) of the `kind` study in this worker (others may share the study), then
     confirm the best `confirm` on the real decoder (`pair`, `prompts`: token-id sequences, of which
     `confirm_prompts` are decoded). Writes OUT/tune_KIND.json (and OUT/grid.json or OUT/policies)
     and returns its content."""
     import optuna
 
-    if kind not in KINDS:
-        raise LTDError(f"unknown study kind {kind!r}; choose one of {', '.join(KINDS)}")
-    if trials < 1:
-        raise LTDError(f"--trials must be at least 1, got {trials}")
-    if confirm < 0:
-        raise LTDError(f"--confirm must be >= 0, got {confirm}")
-    if confirm and (pair is None or pair.drafter is None or not prompts):
-        raise LTDError("--confirm needs the real decoder: --draft (and --target) and --prompts")
-    if kind == "ppo" and trial_steps < 64:
-        raise LTDError(f"--trial-steps must be at least 64, got {trial_steps}")
+    trials = check_options(kind, trials, confirm, trial_steps,
+                           has_decoder=pair is not None and pair.drafter is not None and bool(prompts))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tables = _Tables(traces, cost)  # bad traces or cost fail here, before the study opens
@@ -203,25 +219,25 @@ def _finish_grid(ranked, tv, confirm, pair, prompts, max_new, out: Path, summary
         if key not in seen:
             seen.add(key)
             candidates.append({"depth": key[0], "size": key[1], "simulated_tokens_per_s": t.value,
-                               "measured_tokens_per_s": None})
+                               MEASURED_DECODE: None, MEASURED_END_TO_END: None})
     candidates = candidates[:max(confirm, 1)]
     if confirm:  # the candidates measured side by side, interleaved prompt by prompt
         from ltd_sim.control import StaticDepth, StaticSize
         from realrun.decoder import DecodeConfig
-        from realrun.finetune import measure_many
 
         cfg = DecodeConfig(max_new_tokens=max_new, top_k=tv.top_k, max_depth=tv.max_depth)
         runs = measure_many(pair, prompts, [(StaticDepth(c["depth"]), StaticSize(c["size"])) for c in candidates], cfg)
         for c, r in zip(candidates, runs):
-            c["measured_tokens_per_s"] = r["tokens_per_s"]
-            log(f"  confirm D={c['depth']} V={c['size']}: simulated {c['simulated_tokens_per_s']:.2f}, "
-                f"measured {c['measured_tokens_per_s']:.2f} tok/s")
-    measured = [c for c in candidates if c["measured_tokens_per_s"] is not None]
-    chosen = max(measured, key=lambda c: c["measured_tokens_per_s"]) if measured else candidates[0]
+            c[MEASURED_DECODE], c[MEASURED_END_TO_END] = r.decode_tokens_per_s, r.end_to_end_tokens_per_s
+            log(f"  confirm D={c['depth']} V={c['size']}: simulated {c['simulated_tokens_per_s']:.2f}, measured "
+                f"{r.decode_tokens_per_s:.2f} tok/s decode rate, {r.end_to_end_tokens_per_s:.2f} end-to-end")
+    measured = [c for c in candidates if c[MEASURED_DECODE] is not None]
+    chosen = max(measured, key=lambda c: c[MEASURED_DECODE]) if measured else candidates[0]
     grid = {"format": GRID_FORMAT, "version": GRID_VERSION, "depth": chosen["depth"], "size": chosen["size"],
             "top_k": tv.top_k, "max_depth": tv.max_depth, "source": "measured" if measured else "simulated",
-            "simulated_tokens_per_s": chosen["simulated_tokens_per_s"],
-            "measured_tokens_per_s": chosen["measured_tokens_per_s"], "candidates": candidates,
+            "selected_by": DECODE_RATE, "simulated_tokens_per_s": chosen["simulated_tokens_per_s"],
+            MEASURED_DECODE: chosen[MEASURED_DECODE], MEASURED_END_TO_END: chosen[MEASURED_END_TO_END],
+            "candidates": candidates,
             "study": summary["study"], "trials": summary["trials"], "traces": summary["traces"],
             "cost": summary["cost"]}
     write_json(out / "grid.json", grid)
@@ -233,7 +249,7 @@ def _finish_grid(ranked, tv, confirm, pair, prompts, max_new, out: Path, summary
 def _finish_ppo(ranked, confirm, pair, prompts, max_new, out: Path, log) -> dict:
     from ltd_sim.policy import PolicyController, load_policies, save_policies
     from realrun.decoder import DecodeConfig
-    from realrun.finetune import measure_many, policy_extras
+    from realrun.finetune import policy_extras  # spec.json's own entries; belongs beside save_policies
 
     ranked = [t for t in ranked if Path(t.user_attrs.get("policies", "")).is_dir()]  # this machine's trials
     if not ranked:
@@ -244,9 +260,12 @@ def _finish_ppo(ranked, confirm, pair, prompts, max_new, out: Path, log) -> dict
         cfg = DecodeConfig(max_new_tokens=max_new, top_k=ctrls[0].spec.top_k, max_depth=ctrls[0].spec.max_depth)
         for t, res in zip(ranked, measure_many(pair, prompts, [(c, c) for c in ctrls], cfg)):
             confirmed.append({"trial": t.number, "params": t.params, "simulated_tokens_per_s": t.value,
-                              "measured_tokens_per_s": res["tokens_per_s"], "policy_fraction": res["policy_fraction"]})
-            log(f"  confirm trial {t.number}: simulated {t.value:.2f}, measured {res['tokens_per_s']:.2f} tok/s")
-    best = max(confirmed, key=lambda c: c["measured_tokens_per_s"])["trial"] if confirmed else ranked[0].number
+                              MEASURED_DECODE: res.decode_tokens_per_s,
+                              MEASURED_END_TO_END: res.end_to_end_tokens_per_s,
+                              "policy_fraction": res.policy_fraction})
+            log(f"  confirm trial {t.number}: simulated {t.value:.2f}, measured {res.decode_tokens_per_s:.2f} "
+                f"tok/s decode rate, {res.end_to_end_tokens_per_s:.2f} end-to-end")
+    best = max(confirmed, key=lambda c: c[MEASURED_DECODE])["trial"] if confirmed else ranked[0].number
     src = next(t for t in ranked if t.number == best).user_attrs["policies"]
     depth, size, spec, info = load_policies(src)
     save_policies(out / "policies", depth, size, spec, {**policy_extras(info), "tune": {"trial": best, "confirmed": bool(confirmed)}})

@@ -22,6 +22,7 @@ from realrun.decoder import DecodeConfig
 from realrun.drafters import LMDrafter
 from realrun.finetune import FinetuneConfig, RealDecoderEnv, run_finetune
 from realrun.loading import ModelPair
+from realrun.measure import DECODE_RATE
 from realrun.models import LoadedModel
 from realrun.record import record_sequence
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread
@@ -110,8 +111,9 @@ def test_finetune_checkpoints_and_resumes(pair, run, tmp_path):
                            log=lambda m: None, on_update=lambda s: updates.append(s["steps"]))
     assert updates == [8, 16, 24, 32] and summary["resumed"] and summary["steps"] == 32
     assert [h["phase"] for h in summary["history"]] == ["round1_depth", "round1_size"]
-    assert summary["best_val_tokens_per_s"] > 0 and summary["start_val_tokens_per_s"] > 0
-    assert all(h["best_in_same_pass_tokens_per_s"] > 0 for h in summary["history"])  # paired validation
+    assert summary["rate"] == DECODE_RATE  # validation selects on the decode rate (prefill excluded)
+    assert summary[f"best_val_{DECODE_RATE}"] > 0 and summary[f"start_val_{DECODE_RATE}"] > 0
+    assert all(h[f"best_in_same_pass_{DECODE_RATE}"] > 0 for h in summary["history"])  # paired validation
     assert state["rate"] > 0
     spec = json.loads((out / "policies" / "spec.json").read_text())
     assert spec["finetune"]["phase"] == summary["best_phase"]

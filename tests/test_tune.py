@@ -21,6 +21,7 @@ from ltd_sim.trace import save_sequence, sequence_path
 from realrun.cli import main
 from realrun.drafters import LMDrafter
 from realrun.loading import ModelPair
+from realrun.measure import DECODE_RATE, END_TO_END_RATE
 from realrun.models import LoadedModel
 from realrun.tune import GRID_FORMAT, run_tune
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread
@@ -53,7 +54,7 @@ def test_two_workers_share_one_sqlite_study(data, tmp_path):
     import optuna
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "realrun.cli", "tune", "grid", "--traces", str(data / "traces"),
+    cmd = [sys.executable, "-c", "import sys; from realrun.cli import main; sys.exit(main())", "tune", "grid", "--traces", str(data / "traces"),
            "--cost", str(data / "cost.json"), "--out", str(out), "--trials", "6", "--json"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     workers = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -77,9 +78,10 @@ def test_grid_confirmed_on_real_decoder(data, pair, tmp_path):
     assert summary["trials"] == DEPTH * 13  # the GridSampler covered the whole grid, then stopped
     grid = json.loads((tmp_path / "grid.json").read_text())
     assert grid["source"] == "measured" and len(grid["candidates"]) == 2
-    best = max(grid["candidates"], key=lambda c: c["measured_tokens_per_s"])
+    best = max(grid["candidates"], key=lambda c: c[f"measured_{DECODE_RATE}"])
     assert (grid["depth"], grid["size"]) == (best["depth"], best["size"])
-    assert grid["measured_tokens_per_s"] > 0
+    assert grid["selected_by"] == DECODE_RATE and "measured_tokens_per_s" not in grid  # the rates are named
+    assert grid[f"measured_{DECODE_RATE}"] > 0 and grid[f"measured_{END_TO_END_RATE}"] > 0
 
 
 def test_ppo_study_on_a_journal_file_with_confirmation(data, pair, tmp_path):
@@ -88,7 +90,7 @@ def test_ppo_study_on_a_journal_file_with_confirmation(data, pair, tmp_path):
                        confirm=1, pair=pair, prompts=prompts(), trial_steps=64, max_new_tokens=10, seed=1,
                        log=lambda m: None)
     assert journal.is_file() and summary["trials"] == 2
-    assert summary["confirmed"][0]["measured_tokens_per_s"] > 0
+    assert summary["confirmed"][0][f"measured_{DECODE_RATE}"] > 0
     ctrl = PolicyController(tmp_path / "a" / "policies")
     assert ctrl.spec.top_k == K and ctrl.info["tune"]["trial"] == summary["chosen_trial"]
     assert "context_norm" in summary["best_params"] and "learning_rate" in summary["best_params"]

@@ -6,17 +6,17 @@ import json
 from pathlib import Path
 
 from ltd_sim import defaults
-from ltd_sim.errors import LTDError
 
 
 def add_parser(sub) -> None:
-    from realrun.bench import HF_ASSISTANT_TOKENS, METHODS, SWEEP_QUESTIONS, SWEEP_TOKENS
+    from realrun.bench import METHODS, SWEEP_QUESTIONS, SWEEP_TOKENS
     from realrun.cli.options import add_decode_options
 
     p = sub.add_parser("bench", help="benchmark decoding methods side by side (Spec-Bench protocol)")
     add_decode_options(p)
     p.add_argument("--questions", default=None,
-                   help="Spec-Bench jsonl (question_id, category, turns); default: HumanEval 80-163 + chat prompts")
+                   help="Spec-Bench jsonl (question_id, category, turns), {\"prompt\"} jsonl or text lines; default: "
+                        "the built-in held-out set, HumanEval 80-163 (coding) + a chat set (chat)")
     p.add_argument("--categories", default=None, help="comma-separated categories to keep")
     p.add_argument("--limit", type=int, default=None, help="questions per category (the first N)")
     p.add_argument("--methods", default="ar,eagle3,grid", help=f"comma-separated, of {','.join(METHODS)}")
@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
     p.add_argument("--sweep-tokens", type=int, default=SWEEP_TOKENS, help="new tokens per grid-sweep generation")
     p.add_argument("--hf-draft", default=None,
                    help="lm draft dir for hf-assisted (default: the target's first quarter of layers)")
-    p.add_argument("--hf-tokens", type=int, default=HF_ASSISTANT_TOKENS,
+    p.add_argument("--hf-tokens", type=int, default=defaults.ASSISTANT_TOKENS,
                    help="hf-assisted draft tokens per cycle (constant schedule)")
     p.add_argument("--max-new-tokens", type=int, default=defaults.MAX_NEW_TOKENS)
     p.add_argument("--peer-questions", type=int, default=None,
@@ -47,60 +47,30 @@ def add_parser(sub) -> None:
 
 
 def cmd_bench(args) -> int:
-    from realrun.bench import (DRAFTER_METHODS, default_question_texts, grid_from_file, parse_grid, parse_methods,
-                               read_question_file, run_bench, select_questions)
-    from realrun.loading import load_pair, set_threads
+    from realrun.bench import BenchConfig, encode_questions, grid_from_file, read_questions, run_bench
+    from realrun.loading import load_pair
+    from realrun.measure import END_TO_END_RATE, use_threads
 
-    # Every option is checked before the models load.
-    methods = parse_methods(args.methods)
-    grid = parse_grid(args.grid) if args.grid else (grid_from_file(args.grid_from) if args.grid_from else None)
-    if "ltd" in methods and not args.policy:
-        raise LTDError("method ltd needs --policy DIR (a fine-tuned policy folder)")
-    if "ltd-sim" in methods and not args.sim_policy:
-        raise LTDError("method ltd-sim needs --sim-policy DIR (a simulation-pretrained policy folder)")
-    for flag, d in (("--policy", args.policy), ("--sim-policy", args.sim_policy)):
-        if d and not (Path(d) / "spec.json").is_file():
-            raise LTDError(f"{flag} {d}: no policy there (expected spec.json, depth.zip, size.zip)")
-    if args.sweep_questions < 1 or args.sweep_tokens < 1:
-        raise LTDError("--sweep-questions and --sweep-tokens must be at least 1")
-    if args.peer_questions is not None and args.peer_questions < 1:
-        raise LTDError(f"--peer-questions must be at least 1, got {args.peer_questions}")
-    if args.hf_tokens < 1:
-        raise LTDError(f"--hf-tokens must be at least 1, got {args.hf_tokens}")
-    if args.limit is not None and args.limit < 1:
-        raise LTDError(f"--limit must be at least 1, got {args.limit}")
-    if args.questions:
-        rows = read_question_file(args.questions)
-        items = [(str(r["question_id"]), str(r["category"]), r["turns"][0]) for r in rows]
-    else:
-        items = default_question_texts()
+    cfg = BenchConfig(methods=args.methods, policy_dir=args.policy, sim_policy_dir=args.sim_policy,
+                      grid_setting=grid_from_file(args.grid_from) if args.grid_from else args.grid,
+                      max_new_tokens=args.max_new_tokens, repeats=args.repeats, warmups=args.warmups,
+                      hf_draft=args.hf_draft, hf_tokens=args.hf_tokens, sweep_questions=args.sweep_questions,
+                      sweep_tokens=args.sweep_tokens, peer_questions=args.peer_questions).validate()
     cats = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
-    draft = args.draft
-    if draft is None and any(m in DRAFTER_METHODS for m in methods):
-        draft = "default"
-    if args.threads is not None and args.threads < 1:
-        raise LTDError(f"--threads must be at least 1, got {args.threads}")
-    set_threads()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    pair = load_pair(args.target, draft, args.draft_kind, args.device, args.dtype)
-    questions = select_questions(items, pair.target.tokenizer, cats, args.limit)
-    report = run_bench(pair, questions, methods, policy_dir=args.policy, sim_policy_dir=args.sim_policy,
-                       grid_setting=grid, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
-                       warmups=args.warmups, out_dir=args.out, hf_draft=args.hf_draft, hf_tokens=args.hf_tokens,
-                       sweep_questions=args.sweep_questions, sweep_tokens=args.sweep_tokens,
-                       peer_questions=args.peer_questions, progress=not args.no_progress and not args.json)
+    records = read_questions(args.questions, cats, args.limit)
+    use_threads(args.threads)
+    pair = load_pair(args.target, cfg.draft_for(args.draft), args.draft_kind, args.device, args.dtype)
+    questions = encode_questions(records, pair.target.tokenizer)
+    report = run_bench(pair, questions, cfg, out_dir=args.out, progress=not args.no_progress and not args.json)
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "runs"}))
         return 0
     print(f"{report['settings']['questions']} questions x {report['settings']['repeats']} repeats on "
-          f"{report['device']['device']}")
+          f"{report['device']['device']}; tok/s = end-to-end rate (prefill included)")
     print(f"{'method':12s} {'tok/s':>8s} {'speedup':>8s} {'tau':>6s}  lossless  policy")
     for name, m in report["methods"].items():
         tau = "-" if m["tau"] is None else f"{m['tau']:.2f}"
-        print(f"{name:12s} {m['tokens_per_s']:8.2f} {m['speedup'] or 0:8.3f} {tau:>6s}  {str(m['lossless']):8s}  "
+        print(f"{name:12s} {m[END_TO_END_RATE]:8.2f} {m['speedup'] or 0:8.3f} {tau:>6s}  {str(m['lossless']):8s}  "
               f"{100 * m['policy_overhead']:.2f}%")
     for key, pr in report.get("paired", {}).items():
         if key.endswith("/grid") and pr["ratio_of_means"] is not None:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import sys
 
-from ltd_sim.errors import LTDError
-
 
 def add_parser(sub) -> None:
     from realrun.cli.options import add_decode_options
-    from realrun.finetune import FinetuneConfig
+    from realrun.finetune import DEFAULT_STEPS, FinetuneConfig
 
     d = FinetuneConfig()
     p = sub.add_parser("finetune", help="fine-tune LTD policies with PPO on the real decoder")
@@ -21,7 +19,7 @@ def add_parser(sub) -> None:
                    help="Spec-Bench jsonl or text lines; split by order 3/5 train, 1/5 validation, 1/5 left out")
     p.add_argument("--limit", type=int, default=None, help="first N prompts only")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=int, default=None, help="env steps in all (default 256)")
+    budget.add_argument("--steps", type=int, default=None, help=f"env steps in all (default {DEFAULT_STEPS})")
     budget.add_argument("--minutes", type=float, default=None, help="wall-clock budget, validation included")
     p.add_argument("--rounds", type=int, default=d.rounds, help="(depth, size) phase rounds")
     p.add_argument("--n-steps", type=int, default=d.n_steps, help="env steps per PPO update")
@@ -39,35 +37,24 @@ def add_parser(sub) -> None:
 
 
 def cmd_finetune(args) -> int:
-    from pathlib import Path
-
-    from ltd_sim.policy import load_policies
-    from realrun.finetune import FinetuneConfig, encode_prompts, run_finetune
-    from realrun.loading import load_pair, set_threads
+    from realrun.finetune import FinetuneConfig, check_options, run_finetune
+    from realrun.loading import load_pair
+    from realrun.measure import encode_prompts, use_threads
     from realrun.prompts import read_prompts
+    from ltd_sim.trace import split_prompts
 
     cfg = FinetuneConfig(rounds=args.rounds, n_steps=args.n_steps, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, max_new_tokens=args.max_new_tokens,
                          reward=args.reward, seed=args.seed)
-    cfg.validate()
-    if args.limit is not None and args.limit < 2:
-        raise LTDError(f"--limit must be at least 2, got {args.limit}")
-    if args.draft is None:
-        raise LTDError("`ltd finetune` needs a draft model: --draft DIR (or --draft default)")
-    if args.steps is not None and args.steps < 1:
-        raise LTDError(f"--steps must be at least 1, got {args.steps}")
-    if args.minutes is not None and not args.minutes > 0:
-        raise LTDError(f"--minutes must be positive, got {args.minutes}")
-    steps = args.steps if args.steps is not None or args.minutes is not None else 256
-    load_policies(args.policy)  # a bad policy folder fails before the models load
-    if (Path(args.out) / "state.json").is_file() and not args.resume:
-        raise LTDError(f"{args.out} already holds a fine-tuning run; add --resume or use another --out")
+    steps, minutes = check_options(args.policy, args.out, args.steps, args.minutes, cfg,
+                                   has_draft=args.draft is not None, resume=args.resume)
     prompts = read_prompts(args.prompts, args.limit)
-    set_threads()
+    split_prompts(prompts)  # too few prompts fail before the models load
+    use_threads()
     pair = load_pair(args.target, args.draft, args.draft_kind, args.device, args.dtype)
     ids = encode_prompts(pair, prompts, chat=not args.no_chat)
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
-    summary = run_finetune(pair, args.policy, args.out, ids, steps=steps, minutes=args.minutes, cfg=cfg,
+    summary = run_finetune(pair, args.policy, args.out, ids, steps=steps, minutes=minutes, cfg=cfg,
                            resume=True, progress=not args.no_progress, log=log)
     if args.json:
         print(json.dumps(summary))

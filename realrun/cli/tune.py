@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import sys
 
-from ltd_sim.errors import LTDError
-
 
 def add_parser(sub) -> None:
     from realrun.cli.options import add_decode_options
+    from realrun.tune import DEFAULT_TRIALS
 
     p = sub.add_parser("tune", help="Optuna: PPO + feature hyperparameters (ppo) or the static (D, V) grid (grid)")
     p.add_argument("kind", nargs="?", default="grid", choices=["ppo", "grid"], help="which study (default grid)")
@@ -17,7 +16,8 @@ def add_parser(sub) -> None:
     p.add_argument("--cost", required=True, help="cost model JSON")
     p.add_argument("--out", required=True, help="run folder: optuna.db, tune_KIND.json, grid.json or policies/")
     p.add_argument("--trials", type=int, default=None,
-                   help="trials by this worker (default: grid 120, i.e. the whole grid; ppo 8)")
+                   help=f"trials by this worker (default: grid {DEFAULT_TRIALS['grid']}, more than its "
+                        f"8 x 13 settings, so the whole grid; ppo {DEFAULT_TRIALS['ppo']})")
     p.add_argument("--storage", default=None, help="Optuna storage URL or a .journal/.log file "
                                                    "(default sqlite:///OUT/optuna.db); share it across workers")
     p.add_argument("--study", default=None, help="study name (default ltd-KIND)")
@@ -35,21 +35,18 @@ def add_parser(sub) -> None:
 
 
 def cmd_tune(args) -> int:
-    from realrun.tune import run_tune
+    from realrun.tune import check_options, run_tune
 
-    trials = args.trials if args.trials is not None else (120 if args.kind == "grid" else 8)
+    trials = check_options(args.kind, args.trials, args.confirm, args.trial_steps,
+                           has_decoder=args.draft is not None and args.prompts is not None)
     pair = prompts = None
     if args.confirm:
-        if args.confirm < 0:
-            raise LTDError(f"--confirm must be >= 0, got {args.confirm}")
-        if args.draft is None or args.prompts is None:
-            raise LTDError("--confirm needs the real decoder: --draft (and --target) and --prompts")
-        from realrun.finetune import encode_prompts
-        from realrun.loading import load_pair, set_threads
+        from realrun.loading import load_pair
+        from realrun.measure import encode_prompts, use_threads
         from realrun.prompts import read_prompts
 
         texts = read_prompts(args.prompts, args.limit)
-        set_threads()
+        use_threads()
         pair = load_pair(args.target, args.draft, args.draft_kind, args.device, args.dtype)
         prompts = encode_prompts(pair, texts, chat=not args.no_chat)
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
