@@ -26,8 +26,14 @@ import torch
 from ltd_sim.control import StaticDepth, StaticSize
 from realrun.decoder import DecodeConfig, generate
 from realrun.drafters import LMDrafter
-from realrun.measure import END_TO_END_RATE, RATE_LABELS, use_threads
-from realrun.models import encode_prompt, layer_skip_draft, load_causal_lm, resolve_target
+from realrun.loading import set_threads
+from realrun.measure import END_TO_END_RATE, RATE_LABELS
+from realrun.models import (
+    encode_prompt,
+    layer_skip_draft,
+    load_causal_lm,
+    resolve_target,
+)
 
 PROMPTS = [
     "Write a Python function that checks whether a string is a palindrome.",
@@ -61,7 +67,7 @@ def main() -> None:
     ap.add_argument("--draft-layers", default="8,30", help="comma-separated layer counts of the lm drafts")
     ap.add_argument("--n-draft", type=int, default=4)
     args = ap.parse_args()
-    use_threads()
+    set_threads()
     tgt = load_causal_lm(resolve_target(args.target))
     model, tok = tgt.model, tgt.tokenizer
     n, k = args.tokens, args.n_draft

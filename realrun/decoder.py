@@ -95,13 +95,20 @@ class GenerationResult:
         return float(np.mean([c.accepted + 1 for c in self.cycles]))
 
     @property
-    def tokens_per_s(self) -> float:
+    def end_to_end_tokens_per_s(self) -> float:
         """The end-to-end rate: new tokens / `wall_s` (prefill included)."""
         return len(self.token_ids) / self.wall_s if self.wall_s > 0 else 0.0
 
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """The decode rate: tokens the cycles committed / `decode_s` (prefill excluded; the first token
+        comes from the prefill)."""
+        return (len(self.token_ids) - 1) / self.decode_s if self.decode_s > 0 else 0.0
+
     def to_json(self) -> dict:
         return {"token_ids": self.token_ids, "cycles": [asdict(c) for c in self.cycles],
-                "tau": self.tau, "tokens_per_s": self.tokens_per_s, "wall_s": self.wall_s,
+                "tau": self.tau, "decode_tokens_per_s": self.decode_tokens_per_s,
+                "end_to_end_tokens_per_s": self.end_to_end_tokens_per_s, "wall_s": self.wall_s,
                 "prefill_s": self.prefill_s, "stop_reason": self.stop_reason}
 
 

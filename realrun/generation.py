@@ -31,14 +31,15 @@ class TextGeneration:
         return payload
 
     def summary_line(self) -> str:
-        """One line for people: length, end-to-end rate, tau, cycles, stop reason (and policy cost)."""
+        """One line for people: length, both rates, tau, cycles, stop reason (and policy cost)."""
         r = self.result
         extra = ""
         if self.policy_s is not None:
             extra = (f", policy {self.policy_s * 1e3:.1f} ms in {self.policy_calls} calls = "
                      f"{100 * self.policy_fraction:.2f}% of generation")
-        return (f"[{len(r.token_ids)} tokens, {r.tokens_per_s:.1f} tok/s, tau {r.tau:.2f}, "
-                f"{len(r.cycles)} cycles, stop: {r.stop_reason}{extra}]")
+        return (f"[{len(r.token_ids)} tokens, decode rate {r.decode_tokens_per_s:.1f} tok/s (prefill excluded), "
+                f"end-to-end {r.end_to_end_tokens_per_s:.1f} tok/s, tau {r.tau:.2f}, {len(r.cycles)} cycles, "
+                f"stop: {r.stop_reason}{extra}]")
 
 
 def read_prompt_file(path: str) -> str:

@@ -45,17 +45,6 @@ def progress_bar(total: float, desc: str, unit: str = "it", enabled: bool = True
                 leave=False)
 
 
-def use_threads(threads: int | None = None) -> None:
-    """Torch threads for the forward passes: every core by default, else exactly `threads` (>= 1)."""
-    from realrun.loading import set_threads
-
-    if threads is not None and threads < 1:
-        raise LTDError(f"--threads must be at least 1, got {threads}")
-    set_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-
-
 def encode_prompts(pair, prompts: list[dict], chat: bool = True) -> list[list[int]]:
     """Token ids of prompt records ({"text", ...}, `realrun.prompts.read_prompts`) for the target of `pair`."""
     from realrun.models import encode_prompt

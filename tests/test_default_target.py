@@ -44,7 +44,7 @@ def test_cli_generate_json_with_a_saved_head(default_target, tmp_path, capsys):
                "--draft-kind", "eagle3", "--top-k", "4", "--depth", "3", "--size", "8", "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) >= {"text", "token_ids", "cycles", "tau", "tokens_per_s", "wall_s"}
+    assert set(out) >= {"text", "token_ids", "cycles", "tau", "decode_tokens_per_s", "end_to_end_tokens_per_s", "wall_s"}
     assert 1 <= len(out["token_ids"]) <= 12 and isinstance(out["text"], str)
     cycle = out["cycles"][0]
     assert set(cycle) == {"depth", "size", "top_k", "accepted", "context_len", "draft_s", "verify_s",

@@ -88,7 +88,7 @@ class BenchConfig:
     `grid_setting`: (D, V) for `grid`; None runs a measured sweep (`sweep_grid`) on the first
     `sweep_questions` questions. `hf_draft`: a path, a module, or None (a layer-skip draft from the
     target). `peer_questions`: run the slow reference peers (`PEER_METHODS`) on the first N questions
-    only. Torch threads are the caller's (`realrun.measure.use_threads`)."""
+    only. Torch threads are the caller's (`realrun.loading.set_threads`)."""
 
     methods: str | list[str] | tuple[str, ...] = ("ar", "eagle3", "grid")
     policy_dir: str | os.PathLike | None = None

@@ -47,9 +47,15 @@ def add_parser(sub) -> None:
 
 
 def cmd_bench(args) -> int:
-    from realrun.bench import BenchConfig, encode_questions, grid_from_file, read_questions, run_bench
-    from realrun.loading import load_pair
-    from realrun.measure import END_TO_END_RATE, use_threads
+    from realrun.bench import (
+        BenchConfig,
+        encode_questions,
+        grid_from_file,
+        read_questions,
+        run_bench,
+    )
+    from realrun.loading import load_pair, set_threads
+    from realrun.measure import END_TO_END_RATE
 
     cfg = BenchConfig(methods=args.methods, policy_dir=args.policy, sim_policy_dir=args.sim_policy,
                       grid_setting=grid_from_file(args.grid_from) if args.grid_from else args.grid,
@@ -58,7 +64,7 @@ def cmd_bench(args) -> int:
                       sweep_tokens=args.sweep_tokens, peer_questions=args.peer_questions).validate()
     cats = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
     records = read_questions(args.questions, cats, args.limit)
-    use_threads(args.threads)
+    set_threads(args.threads)
     pair = load_pair(args.target, cfg.draft_for(args.draft), args.draft_kind, args.device, args.dtype)
     questions = encode_questions(records, pair.target.tokenizer)
     report = run_bench(pair, questions, cfg, out_dir=args.out, progress=not args.no_progress and not args.json)

@@ -37,11 +37,11 @@ def add_parser(sub) -> None:
 
 
 def cmd_finetune(args) -> int:
-    from realrun.finetune import FinetuneConfig, check_options, run_finetune
-    from realrun.loading import load_pair
-    from realrun.measure import encode_prompts, use_threads
-    from realrun.prompts import read_prompts
     from ltd_sim.trace import split_prompts
+    from realrun.finetune import FinetuneConfig, check_options, run_finetune
+    from realrun.loading import load_pair, set_threads
+    from realrun.measure import encode_prompts
+    from realrun.prompts import read_prompts
 
     cfg = FinetuneConfig(rounds=args.rounds, n_steps=args.n_steps, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, max_new_tokens=args.max_new_tokens,
@@ -50,7 +50,7 @@ def cmd_finetune(args) -> int:
                                    has_draft=args.draft is not None, resume=args.resume)
     prompts = read_prompts(args.prompts, args.limit)
     split_prompts(prompts)  # too few prompts fail before the models load
-    use_threads()
+    set_threads()
     pair = load_pair(args.target, args.draft, args.draft_kind, args.device, args.dtype)
     ids = encode_prompts(pair, prompts, chat=not args.no_chat)
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print

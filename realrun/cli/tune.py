@@ -41,12 +41,12 @@ def cmd_tune(args) -> int:
                            has_decoder=args.draft is not None and args.prompts is not None)
     pair = prompts = None
     if args.confirm:
-        from realrun.loading import load_pair
-        from realrun.measure import encode_prompts, use_threads
+        from realrun.loading import load_pair, set_threads
+        from realrun.measure import encode_prompts
         from realrun.prompts import read_prompts
 
         texts = read_prompts(args.prompts, args.limit)
-        use_threads()
+        set_threads()
         pair = load_pair(args.target, args.draft, args.draft_kind, args.device, args.dtype)
         prompts = encode_prompts(pair, texts, chat=not args.no_chat)
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print

@@ -90,7 +90,7 @@ def static_tau(pair, order: list[tuple[str, str]], max_new_tokens: int, deadline
             per_cat[cat].append(rec.accepted + 1)
             pos += rec.accepted + 1
         if verbose:
-            print(f"  {cat:15s} tau {res.tau:.2f}  {len(out)} tokens  {res.tokens_per_s:.1f} tok/s", flush=True)
+            print(f"  {cat:15s} tau {res.tau:.2f}  {len(out)} tokens  {res.decode_tokens_per_s:.1f} tok/s decode rate", flush=True)
 
     tau_cat = {c: round(float(np.mean(v)), 3) for c, v in per_cat.items()}
     spec_cats = [c for c in per_cat if c != CODE_CATEGORY]
