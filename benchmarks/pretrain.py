@@ -89,7 +89,8 @@ def main() -> None:
     t1 = time.perf_counter()
     pretrain(tables["train"], tables["val"], out, cfg)
     train_s = time.perf_counter() - t1
-    depth_model, size_model, _, _ = load_policies(out / "policies")
+    trained = load_policies(out / "policies")
+    depth_model, size_model = trained.depth_model, trained.size_model
     report = evaluate(tables["test"], decision_tables(tables["test"], depth_model, size_model))
     m = report["methods"]
     summary = {

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -70,8 +72,26 @@ def save_policies(out_dir: str | os.PathLike, depth_model, size_model, spec: Fea
     return out
 
 
-def load_policies(policy_dir: str | os.PathLike):
-    """(depth model, size model, FeatureSpec, spec dict) from a policy folder."""
+SPEC_KEYS = ("format", "version", "features", "depth_actions", "size_grid", "top_k", "max_depth")
+
+
+@dataclass
+class Policies:
+    """A depth and a size policy (stable-baselines3 models) and the feature spec they observe through."""
+
+    depth_model: Any
+    size_model: Any
+    spec: FeatureSpec
+    info: dict = field(default_factory=dict)  # spec.json as read: the spec, plus training figures, sources
+
+    def extras(self) -> dict:
+        """spec.json's own entries (training figures, sources), without what `save_policies` writes."""
+        return {k: v for k, v in self.info.items() if k not in SPEC_KEYS}
+
+
+def load_policies(policy_dir: str | os.PathLike) -> Policies:
+    """The policies of a folder written by `save_policies`; a missing, corrupted or foreign one is a
+    one-line LTDError."""
     from stable_baselines3 import PPO
 
     d = read_dir(policy_dir)
@@ -95,7 +115,7 @@ def load_policies(policy_dir: str | os.PathLike):
         if model.observation_space.shape != (spec.dim,) or model.action_space.n != n_actions:
             raise LTDError(f"the policies in {d} do not match their spec (features {spec.dim}, "
                            f"{n_actions} actions)")
-    return models[0], models[1], spec, info
+    return Policies(models[0], models[1], spec, info)
 
 
 class NumpyActor:
@@ -145,12 +165,12 @@ class PolicyController:
     `seconds` and `calls` add up the time spent in (and the number of) controller calls, features
     included: the policy inference cost that `ltd generate` and `ltd bench` report."""
 
-    def __init__(self, policy_dir: str | os.PathLike | None = None, *, models=None):
-        if models is not None:  # (depth model, size model, FeatureSpec[, info]) already in memory
-            self.depth_model, self.size_model, self.spec = models[:3]
-            self.info = models[3] if len(models) > 3 else {}
-        else:
-            self.depth_model, self.size_model, self.spec, self.info = load_policies(policy_dir)
+    def __init__(self, policies: Policies | str | os.PathLike):
+        """`policies`: loaded `Policies`, or a policy folder to load."""
+        if not isinstance(policies, Policies):
+            policies = load_policies(policies)
+        self.depth_model, self.size_model = policies.depth_model, policies.size_model
+        self.spec, self.info = policies.spec, policies.info
         self._depth_fast = NumpyActor.from_model(self.depth_model)
         self._size_fast = NumpyActor.from_model(self.size_model)
         self.seconds = 0.0

@@ -47,7 +47,7 @@ from ltd_sim.io import write_json
 from ltd_sim.envs import REWARDS
 from ltd_sim.errors import LTDError
 from ltd_sim.features import FeatureSpec, observe
-from ltd_sim.policy import STOP, PolicyController, load_policies, save_policies
+from ltd_sim.policy import STOP, Policies, PolicyController, load_policies, save_policies
 from ltd_sim.trace import split_prompts
 from realrun.decoder import DecodeConfig, generate
 from realrun.measure import DECODE_RATE, measure, measure_many, progress_bar
@@ -243,12 +243,6 @@ class FinetuneConfig:
             raise LTDError(f"unknown reward {self.reward!r}; choose one of {', '.join(REWARDS)}")
 
 
-def policy_extras(info: dict) -> dict:
-    """A policy spec.json's own entries (training figures, sources), without what save_policies writes."""
-    own = ("format", "version", "features", "depth_actions", "size_grid", "top_k", "max_depth")
-    return {k: v for k, v in info.items() if k not in own}
-
-
 def _load_ppo(path: Path, env, cfg: FinetuneConfig, tb: Path):
     from stable_baselines3 import PPO
 
@@ -296,8 +290,9 @@ def run_finetune(pair, policy_dir, out_dir, prompts, steps: int | None = None, m
 
     cfg = cfg or FinetuneConfig()
     steps, minutes = check_options(policy_dir, out_dir, steps, minutes, cfg, pair.drafter is not None, resume)
-    _, _, spec, info = load_policies(policy_dir)
-    reward = cfg.reward or info.get("reward", "time")
+    start_policies = load_policies(policy_dir)
+    spec = start_policies.spec
+    reward = cfg.reward or start_policies.info.get("reward", "time")
     train, val = split_prompts(list(prompts)) if val_prompts is None else (list(prompts), list(val_prompts))
     if not train or not val:
         raise LTDError("fine-tuning needs training and validation prompts")
@@ -320,7 +315,7 @@ def run_finetune(pair, policy_dir, out_dir, prompts, steps: int | None = None, m
     phases = cfg.phases()
     budget = {"steps": steps} if steps is not None else {"minutes": minutes}
     per_phase = None if steps is None else math.ceil(steps / len(phases) / cfg.n_steps) * cfg.n_steps
-    base_info = policy_extras(info)
+    base_info = start_policies.extras()
 
     def save(path: Path, models: dict, extra: dict) -> None:
         save_policies(path, models["depth"], models["size"], spec, {**base_info, **extra})
@@ -329,13 +324,13 @@ def run_finetune(pair, policy_dir, out_dir, prompts, steps: int | None = None, m
     if state is None:
         log(f"finetune: {len(train)} train / {len(val)} val prompts, reward {reward!r}; "
             f"validating the starting policies...")
-        start_ctrl = PolicyController(policy_dir)
+        start_ctrl = PolicyController(start_policies)
         start = measure(pair, val, start_ctrl, start_ctrl, dcfg)
         rate = measure(pair, train[:RATE_PROMPTS], start_ctrl, start_ctrl, dcfg, warmup=False).decode_tokens_per_s
         state = {"settings": settings, "phase": 0, "phase_steps": 0, "steps": 0, "seconds": 0.0,
                  "rate": rate, "rate_kind": DECODE_RATE, "start": start.to_json(), "history": [],
                  "best": {"phase": "start", f"val_{DECODE_RATE}": start.decode_tokens_per_s, "steps": 0}}
-        depth_m, size_m, _, _ = load_policies(policy_dir)
+        depth_m, size_m = start_policies.depth_model, start_policies.size_model
         save(out / "policies", {"depth": depth_m, "size": size_m},
              {"finetune": {"phase": "start", f"real_val_{DECODE_RATE}": start.decode_tokens_per_s}})
         save(ckpt, {"depth": depth_m, "size": size_m}, {"finetune": {"phase": "start"}})
@@ -368,7 +363,7 @@ def run_finetune(pair, policy_dir, out_dir, prompts, steps: int | None = None, m
         while state["phase"] < len(phases):
             i = state["phase"]
             name, kind = phases[i]
-            frozen = PolicyController(models=(models["depth"], models["size"], spec))
+            frozen = PolicyController(Policies(models["depth"], models["size"], spec))
             env = RealDecoderEnv(kind, pair, train, frozen, spec, dcfg, reward, state["rate"], cfg.seed + 1 + i)
             model = models[kind]
             model.set_env(env)
@@ -392,7 +387,7 @@ def run_finetune(pair, policy_dir, out_dir, prompts, steps: int | None = None, m
                 if on_update is not None:
                     on_update(state)
             env.close()
-            cand = PolicyController(models=(models["depth"], models["size"], spec))
+            cand = PolicyController(Policies(models["depth"], models["size"], spec))
             best = PolicyController(out / "policies")
             res, inc = measure_many(pair, val, [(cand, cand), (best, best)], dcfg)
             record = {"phase": name, "steps": state["steps"], f"val_{DECODE_RATE}": res.decode_tokens_per_s,
@@ -428,4 +423,4 @@ def run_finetune(pair, policy_dir, out_dir, prompts, steps: int | None = None, m
     return summary
 
 
-__all__ = ["DEFAULT_STEPS", "FinetuneConfig", "RealDecoderEnv", "check_options", "policy_extras", "run_finetune"]
+__all__ = ["DEFAULT_STEPS", "FinetuneConfig", "RealDecoderEnv", "check_options", "run_finetune"]

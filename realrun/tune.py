@@ -249,7 +249,6 @@ def _finish_grid(ranked, tv, confirm, pair, prompts, max_new, out: Path, summary
 def _finish_ppo(ranked, confirm, pair, prompts, max_new, out: Path, log) -> dict:
     from ltd_sim.policy import PolicyController, load_policies, save_policies
     from realrun.decoder import DecodeConfig
-    from realrun.finetune import policy_extras  # spec.json's own entries; belongs beside save_policies
 
     ranked = [t for t in ranked if Path(t.user_attrs.get("policies", "")).is_dir()]  # this machine's trials
     if not ranked:
@@ -267,7 +266,7 @@ def _finish_ppo(ranked, confirm, pair, prompts, max_new, out: Path, log) -> dict
                 f"tok/s decode rate, {res.end_to_end_tokens_per_s:.2f} end-to-end")
     best = max(confirmed, key=lambda c: c[MEASURED_DECODE])["trial"] if confirmed else ranked[0].number
     src = next(t for t in ranked if t.number == best).user_attrs["policies"]
-    depth, size, spec, info = load_policies(src)
-    save_policies(out / "policies", depth, size, spec, {**policy_extras(info), "tune": {"trial": best, "confirmed": bool(confirmed)}})
+    chosen = load_policies(src)
+    save_policies(out / "policies", chosen.depth_model, chosen.size_model, chosen.spec, {**chosen.extras(), "tune": {"trial": best, "confirmed": bool(confirmed)}})
     log(f"tune ppo: trial {best} -> {out / 'policies'}")
     return {"policies": str(out / "policies"), "chosen_trial": best, "confirmed": confirmed}
