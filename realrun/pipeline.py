@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from ltd_sim.errors import LTDError
 
 
 @dataclass(frozen=True)
-class Budget:
+class StageBudget:
     """How much work each stage may do. `full` is the README's main job; `quick` a first look."""
 
     name: str
@@ -42,16 +43,16 @@ class Budget:
 
 
 BUDGETS = {
-    "full": Budget("full", draft_minutes=30, profile_preset="quick", trace_prompts=25, trace_tokens=96,
+    "full": StageBudget("full", draft_minutes=30, profile_preset="quick", trace_prompts=25, trace_tokens=96,
                    stage1_steps=100_000, stage2_steps=100_000, rounds=2, finetune_minutes=1.5,
                    grid_trials=104, bench_questions=16, bench_tokens=64, bench_repeats=1,
                    bench_peer_questions=2),
-    "quick": Budget("quick", draft_minutes=10, profile_preset="quick", trace_prompts=12, trace_tokens=64,
+    "quick": StageBudget("quick", draft_minutes=10, profile_preset="quick", trace_prompts=12, trace_tokens=64,
                     stage1_steps=30_000, stage2_steps=20_000, rounds=1, finetune_minutes=0.5,
                     grid_trials=40, bench_questions=4, bench_tokens=64, bench_repeats=1,
                     bench_peer_questions=2),
     # seconds, for the end-to-end test on tiny models
-    "tiny": Budget("tiny", draft_minutes=0.4, profile_preset="tiny", trace_prompts=5, trace_tokens=16,
+    "tiny": StageBudget("tiny", draft_minutes=0.4, profile_preset="tiny", trace_prompts=5, trace_tokens=16,
                    stage1_steps=1024, stage2_steps=512, rounds=1, finetune_minutes=0.15,
                    grid_trials=8, bench_questions=2, bench_tokens=12, bench_repeats=1,
                    bench_peer_questions=1),
@@ -70,14 +71,27 @@ def digest(path: Path) -> str:
 
 @dataclass
 class Pipeline:
+    """One run folder's stages, in order; `run()` runs (or skips) each and writes the report."""
+
     run_dir: Path
-    budget: Budget
+    budget: StageBudget
     target: str | None = None
     draft: str | None = None  # an EAGLE-3 head to use instead of building/reusing the default one
-    log: object = print
+    log: Callable[[str], None] = print
     summaries: dict = field(default_factory=dict)
+    head: Path | None = None  # the EAGLE-3 head every stage uses (set by `draft_head`)
+    _pair: object = None  # the real decoder's models, loaded once for the stages that run it
 
-    def stage(self, name: str, config: dict, fn) -> dict:
+    @property
+    def cost_path(self) -> Path:
+        return self.run_dir / "cost_model.json"
+
+    @property
+    def trace_dir(self) -> Path:
+        return self.run_dir / "traces"
+
+    def stage(self, name: str, config: dict, fn: Callable[[], dict]) -> dict:
+        """Run `fn` unless `stages/NAME.json` says it already ran with this `config`; returns its summary."""
         config = json.loads(json.dumps(config))  # compare as stored (tuples become lists)
         marker = self.run_dir / "stages" / f"{name}.json"
         if marker.is_file():
@@ -98,9 +112,30 @@ class Pipeline:
         self.log(f"[{name}] done in {seconds:.0f} s")
         return summary
 
+    def run(self) -> dict:
+        """Every stage in order: a stage reruns when its budget or anything it read changed."""
+        b = self.budget
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.head = self.draft_head()
+        head_digest = digest(self.head / "model.safetensors")
+        self.stage("profile", {"preset": b.profile_preset, "head": head_digest}, self.profile)
+        self.stage("trace", {"prompts": b.trace_prompts, "tokens": b.trace_tokens, "head": head_digest}, self.trace)
+        inputs = {"traces": digest(self.trace_dir), "cost": digest(self.cost_path)}
+        sim_policy = Path(self.stage("pretrain", {"budget": asdict(b), **inputs}, self.pretrain)["policies"])
+        self.stage("sim_eval", {"policies": digest(sim_policy), **inputs}, lambda: self.sim_eval(sim_policy))
+        grid = grid_setting(self.stage("grid", {"trials": b.grid_trials, **inputs}, self.grid))
+        ltd_policy = self.run_dir / "finetune" / "policies"
+        self.stage("finetune", {"minutes": b.finetune_minutes, "policies": digest(sim_policy)},
+                   lambda: self.finetune(sim_policy))
+        self.stage("bench", {"budget": asdict(b), "ltd": digest(ltd_policy), "sim": digest(sim_policy),
+                             "grid": list(grid)}, lambda: self.bench(sim_policy, ltd_policy, grid))
+        write_report(self.run_dir, b, self.summaries)
+        return self.summaries
+
     # -- stages ---------------------------------------------------------------------------------
 
     def draft_head(self) -> Path:
+        """--draft, else the cached default head, else a head built now (resumable)."""
         from realrun.models import default_draft_dir
 
         if self.draft is not None:
@@ -123,125 +158,84 @@ class Pipeline:
                                    "skipped": False}
         return out
 
-    def run(self) -> dict:
+    def profile(self) -> dict:
+        from realrun.probes import run_profile
+
+        model = run_profile(self.target, str(self.head), "eagle3", preset=self.budget.profile_preset,
+                            out=self.run_dir, force=True, log=self.log).model
+        return {"cost_model": str(self.cost_path), "cv_error": model.cv_errors()}
+
+    def trace(self) -> dict:
+        from realrun.loading import load_pair
+        from realrun.models import encode_prompt
         from realrun.prompts import default_trace_prompts
+        from realrun.record import record_prompts
+
+        pair = load_pair(self.target, str(self.head), "eagle3")
+        return record_prompts(pair, default_trace_prompts(self.budget.trace_prompts), self.trace_dir,
+                              lambda t: encode_prompt(pair.target.tokenizer, t), self.budget.trace_tokens)
+
+    def pretrain(self) -> dict:
+        from ltd_sim.train import PretrainConfig, pretrain
+        from realrun.simulate import load_tables
 
         b = self.budget
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        head = self.draft_head()
-        draft = str(head)
-        head_digest = digest(head / "model.safetensors")
-        cost_path = self.run_dir / "cost_model.json"
+        traces, cost = str(self.trace_dir), str(self.cost_path)
+        cfg = PretrainConfig(stage1_steps=b.stage1_steps, stage2_steps=b.stage2_steps, rounds=b.rounds)
+        result = pretrain(load_tables(traces, cost, "train"), load_tables(traces, cost, "val"),
+                          self.run_dir / "pretrain", cfg, log=self.log, extra_spec={"traces": traces, "cost": cost})
+        return {"policies": str(result.out_dir / "policies"), "best_phase": result.best_phase,
+                "val_tokens_per_s": result.val_tokens_per_s, "val_best_static": result.val_best_static}
 
-        def profile():
-            from realrun.probes import run_profile
+    def sim_eval(self, sim_policy: Path) -> dict:
+        from realrun.simulate import run_sim_eval
 
-            model = run_profile(self.target, draft, "eagle3", preset=b.profile_preset,
-                                out=self.run_dir, force=True, log=self.log).model
-            return {"cost_model": str(cost_path), "cv_error": model.cv_errors()}
+        table = run_sim_eval(str(self.trace_dir), str(self.cost_path), "test", str(sim_policy))
+        write_json(self.run_dir / "sim_eval.json", table)
+        return table
 
-        self.stage("profile", {"preset": b.profile_preset, "head": head_digest}, profile)
-
-        trace_dir = self.run_dir / "traces"
-
-        def trace():
+    def pair(self):
+        """The real decoder's target and head, loaded on first use and kept for the later stages."""
+        if self._pair is None:
             from realrun.loading import load_pair
-            from realrun.models import encode_prompt
-            from realrun.record import record_prompts
 
-            pair = load_pair(self.target, draft, "eagle3")
-            prompts = default_trace_prompts(b.trace_prompts)
-            return record_prompts(pair, prompts, trace_dir, lambda t: encode_prompt(pair.target.tokenizer, t),
-                                  b.trace_tokens)
+            self._pair = load_pair(self.target, str(self.head), "eagle3")
+        return self._pair
 
-        self.stage("trace", {"prompts": b.trace_prompts, "tokens": b.trace_tokens, "head": head_digest}, trace)
-        traces_digest = digest(trace_dir)
-        cost_digest = digest(cost_path)
+    def encoded_trace_prompts(self) -> list[list[int]]:
+        from realrun.measure import encode_prompts
+        from realrun.prompts import default_trace_prompts
 
-        pretrain_dir = self.run_dir / "pretrain"
+        return encode_prompts(self.pair(), default_trace_prompts(self.budget.trace_prompts))
 
-        def pretrain():
-            from ltd_sim.train import PretrainConfig, pretrain as run_pretrain
-            from realrun.simulate import load_tables
+    def grid(self) -> dict:
+        """Optuna over the static (D, V) grid in simulation, the best 3 confirmed on the real decoder:
+        the strong "EAGLE-3 + grid search" baseline."""
+        from realrun.tune import run_tune
 
-            cfg = PretrainConfig(stage1_steps=b.stage1_steps, stage2_steps=b.stage2_steps, rounds=b.rounds)
-            result = run_pretrain(load_tables(str(trace_dir), str(cost_path), "train"),
-                                  load_tables(str(trace_dir), str(cost_path), "val"), pretrain_dir, cfg,
-                                  log=self.log, extra_spec={"traces": str(trace_dir), "cost": str(cost_path)})
-            return {"policies": str(result.out_dir / "policies"), "best_phase": result.best_phase,
-                    "val_tokens_per_s": result.val_tokens_per_s, "val_best_static": result.val_best_static}
+        return run_tune("grid", str(self.trace_dir), str(self.cost_path), self.run_dir / "tune",
+                        trials=self.budget.grid_trials, confirm=3, pair=self.pair(),
+                        prompts=self.encoded_trace_prompts(), max_new_tokens=self.budget.trace_tokens, log=self.log)
 
-        pre = self.stage("pretrain", {"budget": asdict(b), "traces": traces_digest, "cost": cost_digest}, pretrain)
-        sim_policy = Path(pre["policies"])
+    def finetune(self, sim_policy: Path) -> dict:
+        from realrun.finetune import run_finetune
 
-        def sim_eval():
-            from realrun.simulate import run_sim_eval
+        return run_finetune(self.pair(), sim_policy, self.run_dir / "finetune", self.encoded_trace_prompts(),
+                            minutes=self.budget.finetune_minutes, resume=True, log=self.log)
 
-            table = run_sim_eval(str(trace_dir), str(cost_path), "test", str(sim_policy))
-            write_json(self.run_dir / "sim_eval.json", table)
-            return table
+    def bench(self, sim_policy: Path, ltd_policy: Path, grid: tuple[int, int]) -> dict:
+        from realrun.bench import BenchConfig, encode_questions, run_bench
+        from realrun.prompts import default_bench_prompts
 
-        self.stage("sim_eval", {"policies": digest(sim_policy), "traces": traces_digest, "cost": cost_digest},
-                   sim_eval)
-
-        # The real decoder from here on: load the pair once for the remaining stages.
-        pair_cache: dict = {}
-
-        def pair():
-            if "pair" not in pair_cache:
-                from realrun.loading import load_pair
-
-                pair_cache["pair"] = load_pair(self.target, draft, "eagle3")
-            return pair_cache["pair"]
-
-        def encoded_trace_prompts():
-            from realrun.models import encode_prompt
-
-            tok = pair().target.tokenizer
-            return [encode_prompt(tok, p["text"]) for p in default_trace_prompts(b.trace_prompts)]
-
-        tune_dir = self.run_dir / "tune"
-
-        def grid():
-            from realrun.tune import run_tune
-
-            # Optuna over the static (D, V) grid in simulation, the best 3 confirmed on the real decoder:
-            # the strong "EAGLE-3 + grid search" baseline.
-            return run_tune("grid", str(trace_dir), str(cost_path), tune_dir, trials=b.grid_trials, confirm=3,
-                            pair=pair(), prompts=encoded_trace_prompts(), max_new_tokens=b.trace_tokens,
-                            log=self.log)
-
-        grid_summary = self.stage("grid", {"trials": b.grid_trials, "traces": traces_digest, "cost": cost_digest},
-                                  grid)
-
-        finetune_dir = self.run_dir / "finetune"
-
-        def finetune():
-            from realrun.finetune import run_finetune
-
-            return run_finetune(pair(), sim_policy, finetune_dir, encoded_trace_prompts(),
-                                minutes=b.finetune_minutes, resume=True, log=self.log)
-
-        self.stage("finetune", {"minutes": b.finetune_minutes, "policies": digest(sim_policy)}, finetune)
-        ltd_policy = finetune_dir / "policies"
-
-        def bench():
-            from realrun.bench import BenchConfig, encode_questions, run_bench
-            from realrun.prompts import default_bench_prompts
-
-            questions = encode_questions(default_bench_prompts(b.bench_questions), pair().target.tokenizer)
-            cfg = BenchConfig(methods=("ar", "eagle3", "grid", "ltd-sim", "ltd", "hf-assisted"),
-                              policy_dir=ltd_policy, sim_policy_dir=sim_policy,
-                              grid_setting=grid_setting(grid_summary), max_new_tokens=b.bench_tokens,
-                              repeats=b.bench_repeats, peer_questions=b.bench_peer_questions)
-            report = run_bench(pair(), questions, cfg, out_dir=self.run_dir / "bench", log=self.log)
-            return {"methods": report["methods"], "paired": report["paired"],
-                    "headline_rate": report["settings"]["headline_rate"]}
-
-        self.stage("bench", {"budget": asdict(b), "ltd": digest(ltd_policy), "sim": digest(sim_policy),
-                             "grid": list(grid_setting(grid_summary))}, bench)
-        write_report(self.run_dir, b, self.summaries)
-        return self.summaries
+        b = self.budget
+        questions = encode_questions(default_bench_prompts(b.bench_questions), self.pair().target.tokenizer)
+        cfg = BenchConfig(methods=("ar", "eagle3", "grid", "ltd-sim", "ltd", "hf-assisted"),
+                          policy_dir=ltd_policy, sim_policy_dir=sim_policy, grid_setting=grid,
+                          max_new_tokens=b.bench_tokens, repeats=b.bench_repeats,
+                          peer_questions=b.bench_peer_questions)
+        report = run_bench(self.pair(), questions, cfg, out_dir=self.run_dir / "bench", log=self.log)
+        return {"methods": report["methods"], "paired": report["paired"],
+                "headline_rate": report["settings"]["headline_rate"]}
 
 
 def grid_setting(summary: dict) -> tuple[int, int]:
@@ -250,7 +244,7 @@ def grid_setting(summary: dict) -> tuple[int, int]:
     return int(chosen["depth"]), int(chosen["size"])
 
 
-def write_report(run_dir: Path, budget: Budget, summaries: dict) -> Path:
+def write_report(run_dir: Path, budget: StageBudget, summaries: dict) -> Path:
     """report.md + report.json of the whole run: which budget made it, each stage, the figures."""
     from ltd_sim.io import write_bytes
 
