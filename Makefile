@@ -6,7 +6,7 @@ VENV    ?= .venv
 BIN      = $(VENV)/bin
 export HF_HUB_OFFLINE = 1
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast bench clean
 
 $(BIN)/ltd: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q -rs; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+# Everything but the slow tests (the default target, tests/e2e/): a quick check while working.
+test-fast: install
+	$(BIN)/python -m pytest -q -rs -m "not slow"
 
 bench: install
 	$(BIN)/python benchmarks/decode.py

@@ -1,43 +1,26 @@
 """Shared fixtures: tiny random Llama models (real transformers models, made on the spot) and the
-default target (prepared once into the cache; tests that need it are marked slow)."""
+default target (prepared once into the cache; tests that need it are marked slow). Every test under
+tests/e2e/ (whole commands end to end) is marked slow too; `make test` runs them all, as CI does."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import noisy_copy, tiny_llama
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+E2E = Path(__file__).parent / "e2e"
 
 
-def tiny_llama(seed: int = 0, layers: int = 4, vocab: int = 256, hidden: int = 64, max_pos: int = 512):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
-                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=max_pos, eos_token_id=None, bos_token_id=None,
-                      pad_token_id=None)
-    model = LlamaForCausalLM(cfg).eval()
-    # Sharpen the random model (larger output scale) so its next-token choices are decisive and a
-    # related draft agrees with it often; near-ties then stay rare.
-    with torch.no_grad():
-        model.lm_head.weight.mul_(8.0)
-    return model
-
-
-def noisy_copy(model, noise: float, seed: int = 1):
-    """A draft that agrees with `model` often but not always: its weights plus Gaussian noise."""
-    import copy
-
-    torch.manual_seed(seed)
-    draft = copy.deepcopy(model)
-    with torch.no_grad():
-        for p in draft.parameters():
-            p.add_(torch.randn_like(p) * noise * p.std().clamp_min(1e-3))
-    return draft.eval()
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if E2E in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="module")

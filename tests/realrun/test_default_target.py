@@ -12,7 +12,7 @@ from realrun.decoder import DecodeConfig, generate
 from realrun.drafters import Eagle3Drafter, LMDrafter
 from realrun.eagle3 import random_head, save_head
 from realrun.models import encode_prompt
-from test_decoder import assert_greedy_equal, hf_greedy
+from helpers import assert_greedy_equal, hf_greedy
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["Write a Python function that returns the squares of a list of numbers.",

@@ -7,34 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import noisy_copy, tiny_llama
+from helpers import assert_greedy_equal, hf_greedy, noisy_copy, tiny_llama
 from ltd_sim.control import StaticDepth, StaticSize
 from ltd_sim.errors import LTDError
 from realrun.decoder import DecodeConfig, generate
 from realrun.drafters import Eagle3Drafter, LMDrafter
 from realrun.eagle3 import random_head
 
-NEAR_TIE = 1e-3  # logits closer than this may legitimately flip between batched and single forwards
-
-
-def hf_greedy(model, prompt: torch.Tensor, n: int) -> list[int]:
-    out = model.generate(prompt[None], attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                         do_sample=False, max_new_tokens=n, min_new_tokens=n, pad_token_id=0)
-    return out[0, len(prompt):].tolist()
-
-
-def assert_greedy_equal(model, prompt: torch.Tensor, ours: list[int], reference: list[int]) -> None:
-    """Token-for-token equality, except at a measured near-tie of the target's top two logits."""
-    for i, (a, b) in enumerate(zip(ours, reference)):
-        if a == b:
-            continue
-        with torch.no_grad():
-            logits = model(torch.cat((prompt, torch.tensor(reference[:i], dtype=torch.long)))[None]).logits[0, -1]
-        top2 = logits.topk(2).values
-        gap = float(top2[0] - top2[1])
-        assert gap < NEAR_TIE, f"token {i} differs ({a} vs {b}) without a near-tie (gap {gap:.2e})"
-        return  # after a legitimate flip the continuations are different texts
-    assert len(ours) == len(reference)
 
 
 SETTINGS = [  # (top_k, depth, V): chain, shallow/deep trees, V=0 (plain step), V=1, V beyond the pool

@@ -5,7 +5,6 @@ clearly, and `ltd generate --policy` reports its policy cost."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,13 +16,12 @@ from ltd_sim.policy import PolicyController
 from ltd_sim.sim import SimTables
 from ltd_sim.trace import load_traces, save_sequence, sequence_path
 from ltd_sim.train import PretrainConfig, pretrain
+from helpers import tiny_lm_pair
 from realrun.cli import main
 from realrun.decoder import DecodeConfig
-from realrun.drafters import LMDrafter
 from realrun.finetune import FinetuneConfig, RealDecoderEnv, run_finetune
 from realrun.loading import ModelPair
 from realrun.measure import DECODE_RATE
-from realrun.models import LoadedModel
 from realrun.record import record_sequence
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread
 
@@ -36,8 +34,7 @@ def prompt(i):
 
 @pytest.fixture(scope="module")
 def pair(tiny_target, tiny_draft):
-    return ModelPair(LoadedModel(tiny_target, None, Path("tiny")), LMDrafter(tiny_draft, 256), None, "lm",
-                     set(), 512)
+    return tiny_lm_pair(tiny_target, tiny_draft, "tiny")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,11 +13,10 @@ import torch
 
 from ltd_sim.errors import LTDError
 from realrun.bench import BenchConfig, Question, check_equal, grid_from_file, paired_ratio, run_bench
+from helpers import tiny_lm_pair
 from realrun.cli import main
 from realrun.measure import DECODE_RATE, END_TO_END_RATE, RATE_LABELS, Run
-from realrun.drafters import LMDrafter
 from realrun.loading import ModelPair
-from realrun.models import LoadedModel
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread
 
 NEW = 12
@@ -27,8 +25,7 @@ PREFILL_S = 0.05  # a drafter prefill made costly on purpose (see test_one_harne
 
 @pytest.fixture(scope="module")
 def pair(tiny_target, tiny_draft):
-    return ModelPair(LoadedModel(tiny_target, None, Path("tiny-llama")), LMDrafter(tiny_draft, 256), None, "lm",
-                     set(), 512)
+    return tiny_lm_pair(tiny_target, tiny_draft, "tiny-llama")
 
 
 def questions():

@@ -1,75 +1,36 @@
-"""`ltd tune`: two worker processes share one SQLite study, a PPO study on a journal file, the grid
-study confirmed on the real decoder (grid.json), and bad options failing clearly."""
+"""`ltd tune`: a PPO study on a journal file, the grid study confirmed on the real decoder (grid.json),
+and bad options failing clearly. (Two worker processes sharing one study: tests/e2e/test_tune_workers.py.)"""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from ltd_sim.cost_model import AnalyticCostModel
 from ltd_sim.errors import LTDError
 from ltd_sim.policy import PolicyController
-from ltd_sim.synthetic import synthetic_sequence
-from ltd_sim.trace import save_sequence, sequence_path
+from helpers import synthetic_run, tiny_lm_pair
 from realrun.cli import main
-from realrun.drafters import LMDrafter
-from realrun.loading import ModelPair
 from realrun.measure import DECODE_RATE, END_TO_END_RATE
-from realrun.models import LoadedModel
-from realrun.tune import GRID_FORMAT, run_tune
+from realrun.tune import run_tune
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread
 
 K, DEPTH = 3, 4
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tune")
-    rng = np.random.default_rng(0)
-    for i in range(5):
-        save_sequence(sequence_path(root / "traces", i), synthetic_sequence(rng, length=40, k=K, depth=DEPTH))
-    (root / "cost.json").write_text(json.dumps(AnalyticCostModel().to_json()))
-    return root
+    return synthetic_run(tmp_path_factory.mktemp("tune"), K, DEPTH)
 
 
 @pytest.fixture(scope="module")
 def pair(tiny_target, tiny_draft):
-    return ModelPair(LoadedModel(tiny_target, None, Path("tiny")), LMDrafter(tiny_draft, 256), None, "lm",
-                     set(), 512)
+    return tiny_lm_pair(tiny_target, tiny_draft, "tiny")
 
 
 def prompts():
     return [torch.randint(0, 256, (8,), generator=torch.Generator().manual_seed(700 + i)).tolist() for i in range(3)]
-
-
-def test_two_workers_share_one_sqlite_study(data, tmp_path):
-    import optuna
-
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-c", "import sys; from realrun.cli import main; sys.exit(main())", "tune", "grid", "--traces", str(data / "traces"),
-           "--cost", str(data / "cost.json"), "--out", str(out), "--trials", "6", "--json"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    workers = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for _ in range(2)]
-    outs = [w.communicate(timeout=120) for w in workers]
-    for w, (so, se) in zip(workers, outs):
-        assert w.returncode == 0, se
-    study = optuna.load_study(study_name="ltd-grid", storage=f"sqlite:///{out / 'optuna.db'}")
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(done) == 12
-    assert len({t.user_attrs["worker"] for t in done}) == 2, "trials from both workers"
-    grid = json.loads((out / "grid.json").read_text())
-    assert grid["format"] == GRID_FORMAT and grid["source"] == "simulated" and grid["top_k"] == K
-    assert 1 <= grid["depth"] <= DEPTH and grid["size"] in (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 60)
-    assert grid["simulated_tokens_per_s"] == pytest.approx(max(t.value for t in done))
 
 
 def test_grid_confirmed_on_real_decoder(data, pair, tmp_path):
