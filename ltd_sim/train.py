@@ -28,10 +28,8 @@ class PretrainConfig:
     n_envs: int = 32
     n_steps: int = 128  # rollout length per env copy
     batch_size: int = 512
-    # n_epochs, learning_rate and ent_coef: with 4 epochs, 3e-4 and no entropy bonus the size policy
-    # froze on one V within stage 1 and never learned to skip (V = 0) unsure cycles, although skipping
-    # them was worth 0.1 token per cycle (a fresh pipeline's test traces: ltd 1.000x best static
-    # with the old values, 1.027x with these; docs/simulator.md)
+    # n_epochs, learning_rate and ent_coef: gentler values froze the size policy on one V before it
+    # learned to skip (V = 0) unsure cycles (measured in docs/simulator.md)
     n_epochs: int = 10
     learning_rate: float = 1e-3
     gamma_depth: float = 0.99  # a depth episode step is a draft step: the reward comes at STOP

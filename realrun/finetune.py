@@ -50,7 +50,8 @@ from ltd_sim.features import FeatureSpec, observe
 from ltd_sim.policy import STOP, Policies, PolicyController, load_policies, save_policies
 from ltd_sim.trace import split_prompts
 from realrun.decoder import DecodeConfig, generate
-from realrun.measure import DECODE_RATE, measure, measure_many, progress_bar
+from realrun.measure import DECODE_RATE, measure, measure_many
+from realrun.progress import progress_bar
 
 KINDS = ("depth", "size")
 RATE_PROMPTS = 2  # training prompts whose measured decode rate (starting policies) is the reward's rate

@@ -17,7 +17,6 @@ Every report and JSON names which rate it shows, with the keys and labels below.
 from __future__ import annotations
 
 import copy
-import sys
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -35,14 +34,6 @@ RATE_LABELS = {DECODE_RATE: "decode rate (prefill excluded)",
 WARMUP_TOKENS = 4  # a warm-up generation only has to touch every kernel once
 
 ControllerPair = tuple[DepthController, SizeController]
-
-
-def progress_bar(total: float, desc: str, unit: str = "it", enabled: bool = True, initial: float = 0):
-    """The toolkit's progress bar: tqdm on stderr, so that --json output on stdout stays clean."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled, file=sys.stderr,
-                leave=False)
 
 
 def encode_prompts(pair, prompts: list[dict], chat: bool = True) -> list[list[int]]:

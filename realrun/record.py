@@ -57,17 +57,18 @@ def record_prompts(pair, prompts: list[dict], out_dir: str | Path, encode, max_n
                    top_k: int = defaults.TOP_K, max_depth: int = defaults.MAX_DEPTH,
                    progress: bool = True, info: dict | None = None) -> dict:
     """Record every prompt into `out_dir/seq_NNNNN.npz`, skipping those already there (resume)."""
-    from tqdm import tqdm
+    from realrun.progress import progress_bar
 
     out_dir = Path(out_dir)
     write_manifest(out_dir, {"top_k": top_k, "max_depth": max_depth, "max_new_tokens": max_new_tokens,
                              "num_prompts": len(prompts), **(info or {})})
     recorded = skipped = positions = 0
-    bar = tqdm(prompts, desc="trace", unit="prompt", disable=not progress)
-    for i, prompt in enumerate(bar):
+    bar = progress_bar(len(prompts), "trace", "prompt", enabled=progress, leave=True)
+    for i, prompt in enumerate(prompts):
         path = sequence_path(out_dir, i)
         if _done(path):
             skipped += 1
+            bar.update(1)
             continue
         ids = encode(prompt["text"])
         seq = record_sequence(pair.target.model, pair.drafter, ids, max_new_tokens, top_k, max_depth,
@@ -77,6 +78,8 @@ def record_prompts(pair, prompts: list[dict], out_dir: str | Path, encode, max_n
         recorded += 1
         positions += seq.num_positions
         bar.set_postfix(positions=positions)
+        bar.update(1)
+    bar.close()
     return {"recorded": recorded, "skipped": skipped, "positions": positions, "out": str(out_dir)}
 
 

@@ -20,7 +20,8 @@ from realrun.bench.questions import Question, as_questions
 from realrun.bench.stats import QuestionRun, paired_ratio, summarize
 from realrun.decoder import DecodeConfig
 from realrun.measure import (DECODE_RATE, END_TO_END_RATE, RATE_LABELS, DecoderMethod, HFAssistedMethod,
-                             Measurement, progress_bar)
+                             Measurement)
+from realrun.progress import progress_bar
 
 METHODS = ("ar", "eagle3", "grid", "ltd-sim", "ltd", "hf-assisted")
 DRAFTER_METHODS = ("eagle3", "grid", "ltd-sim", "ltd")

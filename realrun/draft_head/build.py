@@ -25,7 +25,8 @@ from ltd_sim.errors import LTDError
 from ltd_sim.io import write_json, write_with
 from realrun.draft_head.corpus import (CHAT_SOURCES, CODE_SOURCES, SRC_GEN_CHAT, SRC_NAMES, build_long_prompts,
                                        build_prompts, teacher_texts)
-from realrun.draft_head.features import NOT_GENERATED, FeatureData, featurize, greedy_generate, heldout_mask, progress_bar
+from realrun.draft_head.features import NOT_GENERATED, FeatureData, featurize, greedy_generate, heldout_mask
+from realrun.progress import progress_bar
 from realrun.draft_head.logs import write_logs
 from realrun.draft_head.state import BuildClock, BuildState, Generated
 from realrun.draft_head.train import TrainConfig, TrainState, init_head, train_head
@@ -195,7 +196,7 @@ def generate(run: BuildRun, prompts: EncodedPrompts) -> Generated:
         encoded = prompts.items
         batches = generation_batches([len(ids) for ids, _ in encoded], prompts.n_user, prompts.n_short,
                                      cfg.gen_batch, cfg.seed)
-        bar = progress_bar(total=len(batches), desc="generate", unit="batch", disable=not run.progress)
+        bar = progress_bar(len(batches), "generate", "batch", enabled=run.progress, leave=True)
         bar.update(gen.done)
         last_batch_s = None
         for bi in range(gen.done, len(batches)):

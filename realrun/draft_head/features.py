@@ -13,15 +13,10 @@ import torch
 
 from ltd_sim.errors import LTDError
 from ltd_sim.io import write_with
+from realrun.progress import progress_bar
 
 NOT_GENERATED = 10**9  # the generated-span start of teacher-forced text: no index is a drafted token
 STORE_FIELDS = ("feats", "tokens", "labels", "lens", "src", "gen_start")
-
-
-def progress_bar(total: int | None = None, desc: str = "", unit: str = "it", disable: bool = False):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True, mininterval=2.0)
 
 
 @torch.no_grad()
@@ -173,7 +168,7 @@ def featurize(model: torch.nn.Module, items: list[tuple[list[int], int, int]], l
     t0 = time.monotonic()
     done_items = 0
     positions = 0
-    bar = progress_bar(total=len(pieces), desc="features", unit="seq", disable=not progress)
+    bar = progress_bar(len(pieces), "features", "seq", enabled=progress, leave=True)
     for b0 in range(0, len(pieces), batch):
         if max_seconds is not None and time.monotonic() - t0 > max_seconds:
             break

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from ltd_sim import defaults
 from ltd_sim.io import write_with
 from realrun.draft_head.corpus import CODE_SOURCES
-from realrun.draft_head.features import FeatureData, progress_bar
+from realrun.draft_head.features import FeatureData
+from realrun.progress import progress_bar
 from realrun.draft_head.ttt import StepStats, drafted_mask, step_targets, ttt_forward, ttt_loss
 from realrun.draft_head.vocab import make_t2d_index
 from realrun.eagle3 import Eagle3Head
@@ -178,7 +179,7 @@ def train_head(head: Eagle3Head, data: FeatureData, cfg: TrainConfig, val: Featu
     t_begin = time.monotonic() - state.train_seconds
     last_eval = last_ckpt = time.monotonic()
     window: list[list[StepStats]] = []
-    bar = progress_bar(total=cfg.max_steps, desc="train", unit="step", disable=not progress)
+    bar = progress_bar(cfg.max_steps, "train", "step", enabled=progress, leave=True)
     bar.update(state.step)
 
     def done() -> float:
