@@ -52,7 +52,7 @@ class BuildConfig:
     data_fraction: float = 0.47  # ... all data (features and extra text) by then
     save_margin_s: float = 60.0
     min_train_s: float = 10.0
-    feature_dtype: str = "bfloat16"  # the teacher-forced pass (fast on AVX512-BF16 CPUs)
+    feature_dtype: str = "auto"  # the teacher-forced pass: "auto" = bf16 where it is fast, else fp32
     val_fraction: float = 0.04
     seed: int = 0
     builtin_prompts: bool = True  # False (--only-prompts): the user's prompts alone
@@ -69,11 +69,32 @@ class BuildConfig:
         if not 0 <= self.gen_fraction <= self.data_fraction < 1:
             raise LTDError(f"need 0 <= --gen-fraction <= --data-fraction < 1, got {self.gen_fraction} "
                            f"and {self.data_fraction}")
-        if self.feature_dtype not in FEATURE_DTYPES:
-            raise LTDError(f"feature dtype must be one of {sorted(FEATURE_DTYPES)}, got {self.feature_dtype}")
+        if self.feature_dtype != "auto" and self.feature_dtype not in FEATURE_DTYPES:
+            raise LTDError(f"feature dtype must be auto or one of {sorted(FEATURE_DTYPES)}, got {self.feature_dtype}")
 
 
 FEATURE_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+
+
+def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU runs bf16 matmuls natively (AVX512-BF16 or AMX). Without them torch emulates bf16
+    and a forward is several times slower than in fp32 (docs/draft_head.md)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set(cpuinfo.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def feature_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The dtype of the teacher-forced feature pass: `name`, or for "auto" bf16 on CUDA and on CPUs with
+    native bf16, fp32 elsewhere."""
+    if name != "auto":
+        return FEATURE_DTYPES[name]
+    fast = device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
+    return torch.bfloat16 if fast else torch.float32
 
 
 @dataclass
@@ -232,7 +253,7 @@ def make_features(run: BuildRun, gen: Generated) -> float:
 
     cfg, state = run.cfg, run.state
     layers = aux_layer_ids(run.target.config.num_hidden_layers)
-    dtype = FEATURE_DTYPES[cfg.feature_dtype]
+    dtype = feature_dtype(cfg.feature_dtype, run.target.device)
     model = run.target if dtype == torch.float32 else load_causal_lm(run.target_path, dtype=dtype,
                                                                       with_tokenizer=False).model
     t0 = time.monotonic()

@@ -270,3 +270,22 @@ def test_work_folder_of_another_version_is_refused(tmp_path):
     with pytest.raises(LTDError, match="fresh work folder"):
         BuildState.load(tmp_path)
     assert BuildState.load(tmp_path / "none") is None
+
+
+def test_feature_pass_uses_bf16_only_where_it_is_native(monkeypatch):
+    """bf16 is emulated (several times slower than fp32) on CPUs without AVX512-BF16/AMX: "auto" picks fp32
+    there, bf16 on CUDA and on CPUs that have it; an explicit dtype is kept."""
+    import importlib
+
+    build_mod = importlib.import_module("realrun.draft_head.build")
+
+    assert not build_mod.cpu_has_fast_bf16("flags : fpu sse avx2 fma avx512f")
+    assert build_mod.cpu_has_fast_bf16("flags : fpu avx2 avx512f avx512_bf16")
+    assert build_mod.cpu_has_fast_bf16("flags : amx_bf16 amx_tile")
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(build_mod, "cpu_has_fast_bf16", lambda cpuinfo=None: False)
+    assert build_mod.feature_dtype("auto", cpu) == torch.float32
+    assert build_mod.feature_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert build_mod.feature_dtype("bfloat16", cpu) == torch.bfloat16
+    monkeypatch.setattr(build_mod, "cpu_has_fast_bf16", lambda cpuinfo=None: True)
+    assert build_mod.feature_dtype("auto", cpu) == torch.bfloat16
