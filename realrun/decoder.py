@@ -24,6 +24,7 @@ from ltd_sim.errors import LTDError
 from ltd_sim.tree import (DraftTree, TreeBuilder, ancestor_mask, greedy_accept, is_chain,
                           local_parents, select_verify_set, tree_positions)
 from profiler.timing import Timer
+from realrun import models
 from realrun.drafters import Drafter, float_mask
 from realrun.sampling import sample_accept, target_probs
 
@@ -193,11 +194,6 @@ def cache_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def context_length(target) -> int:
-    """Tokens the target's positions cover (its config's max_position_embeddings)."""
-    return int(getattr(target.config, "max_position_embeddings", defaults.FALLBACK_CONTEXT))
-
-
 @torch.no_grad()
 def accept(logits: torch.Tensor, parents_local: np.ndarray, tokens: np.ndarray, scores: np.ndarray,
            cfg: DecodeConfig, generator: torch.Generator | None) -> tuple[list[int], int]:
@@ -316,7 +312,7 @@ def generate(target, prompt_ids, drafter: Drafter | None = None, cfg: DecodeConf
     depth_ctrl = depth_ctrl or StaticDepth(cfg.max_depth)
     size_ctrl = size_ctrl or StaticSize(defaults.STATIC_SIZE)
     device = cache_device(target)
-    limit = context_limit or context_length(target)
+    limit = context_limit or models.context_limit(target)
     prompt = _prompt_tensor(prompt_ids, device, limit)
     generator = _sampling_generator(cfg, device)
     layers = drafter.feature_layers if drafter is not None else None

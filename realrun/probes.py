@@ -17,6 +17,7 @@ from ltd_sim import defaults
 from ltd_sim.control import StaticDepth, StaticSize
 from ltd_sim.tree import DraftTree, TreeBuilder, local_parents, select_verify_set, tree_positions
 from profiler.timing import Timer
+from realrun import models
 from realrun import decoder  # phases are looked up on the module: the probes time the decoder's own code
 
 if TYPE_CHECKING:  # fitting loads scikit-learn; building probes does not need it
@@ -51,7 +52,7 @@ class DecoderProbes:
         self.layers = drafter.feature_layers if drafter is not None else None
         self.device = decoder.cache_device(target)
         self.vocab = int(target.config.vocab_size)
-        self.max_context = int(context_limit or decoder.context_length(target))
+        self.max_context = int(context_limit or models.context_limit(target))
         self.rng = np.random.default_rng(seed)
         self.ctx = 0
         self.cache = None

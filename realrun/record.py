@@ -99,11 +99,9 @@ def run_trace(prompts_path: str | Path, out_dir: str | Path, target: str | None 
         raise LTDError("`ltd trace` needs a draft model: --draft DIR (or --draft default)")
     if limit is not None and limit < 1:
         raise LTDError(f"--limit must be at least 1, got {limit}")
-    if threads is not None and threads < 1:
-        raise LTDError(f"--threads must be at least 1, got {threads}")
     DecodeConfig(max_new_tokens=max_new_tokens, top_k=top_k, max_depth=max_depth).validate(True)
+    set_threads(threads)  # refuses --threads < 1 before anything is read
     prompts = read_prompts(prompts_path, limit)
-    set_threads(threads)
     pair = load_pair(target, draft, draft_kind, device, dtype)
     encode = lambda text: encode_prompt(pair.target.tokenizer, text, chat=chat)  # noqa: E731
     info = {"target": str(pair.target.path), "draft": str(pair.draft_path), "draft_kind": pair.draft_kind,
