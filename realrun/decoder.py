@@ -19,13 +19,15 @@ import numpy as np
 import torch
 
 from ltd_sim import defaults
-from ltd_sim.control import DepthController, SizeController, StaticDepth, StaticSize
+from ltd_sim.control import DepthController, SizeController, StaticDepth, StaticSize, wants_draft
 from ltd_sim.errors import LTDError
 from ltd_sim.tree import (DraftTree, TreeBuilder, ancestor_mask, greedy_accept, is_chain,
                           local_parents, select_verify_set, tree_positions)
 from profiler.timing import Timer
 from realrun import models
-from realrun.drafters import Drafter, float_mask
+from realrun.attention_masks import tree_mask
+from realrun.drafters import Drafter
+from realrun.kv_cache import PreallocatedCache, cache_kwargs, round_up
 from realrun.sampling import sample_accept, target_probs
 
 
@@ -130,7 +132,15 @@ def _features(hidden_states, layers: tuple[int, ...] | None, rows) -> torch.Tens
     """The drafter's input features: chosen hidden-state layers, concatenated, at `rows`."""
     if not layers:
         return None
+    if isinstance(rows, list):  # a list index would be copied to the device with a sync
+        rows = to_device(rows, hidden_states[0].device)
     return torch.cat([hidden_states[i][0, rows] for i in layers], dim=-1)
+
+
+def to_device(values, device: torch.device) -> torch.Tensor:
+    """Host values (numpy, list) to the device without a host sync: a non-blocking copy from pageable
+    memory is staged before the call returns, so the source may change afterwards."""
+    return torch.as_tensor(values).to(device, non_blocking=True)
 
 
 @torch.no_grad()
@@ -138,7 +148,7 @@ def prefill(target, cache, prompt_ids: torch.Tensor, feature_layers=None):
     """Run the prompt through the target. Returns (logits of the last position, features [n, F])."""
     n = prompt_ids.shape[0]
     out = target(input_ids=prompt_ids[None], position_ids=torch.arange(n, device=prompt_ids.device)[None],
-                 cache=cache, use_cache=True, output_hidden_states=bool(feature_layers),
+                 **cache_kwargs(target, cache), use_cache=True, output_hidden_states=bool(feature_layers),
                  logits_to_keep=1)
     return out.logits[0, -1], _features(out.hidden_states, feature_layers, slice(None))
 
@@ -150,7 +160,9 @@ def draft_tree(drafter: Drafter, root_token: int, top_k: int, max_depth: int,
     builder = TreeBuilder(root_token, top_k, max_depth)
     while True:
         logp, ids = drafter.expand(builder.beam, builder.tokens, builder.parents, builder.steps, top_k)
-        builder.add_step(logp.cpu().numpy(), ids.cpu().numpy())
+        # one device-to-host copy per step (the depth decision needs it): token ids < 2**24 are exact in fp32
+        step = torch.stack((logp.float(), ids.float())).cpu().numpy()
+        builder.add_step(step[0], step[1].astype(np.int64))
         if builder.depth >= max_depth or not depth_ctrl.should_continue(builder.tree(), context_len):
             return builder.tree()
 
@@ -160,33 +172,24 @@ def verify_tree(target, cache, tokens: np.ndarray, parents_local: np.ndarray, po
                 feature_layers=None):
     """One target forward over root + tree tokens. Returns (logits [m, V], hidden states or None)."""
     device = cache_device(target)
-    m = len(tokens)
     past = cache.get_seq_length()
     mask = None  # a chain is plain causal attention: let transformers build that mask
     if not is_chain(parents_local):
-        dtype = next(target.parameters()).dtype
-        visible = torch.ones(m, past + m, dtype=torch.bool)
-        visible[:, past:] = torch.from_numpy(ancestor_mask(parents_local))
-        mask = float_mask(visible.to(device), dtype)
-    out = target(input_ids=torch.as_tensor(tokens, device=device)[None],
-                 position_ids=torch.as_tensor(positions, device=device)[None],
-                 attention_mask=mask, cache=cache, use_cache=True,
+        # the architecture's own mask(s): sliding windows and per-layer-type masks included
+        mask = tree_mask(target, past, torch.from_numpy(ancestor_mask(parents_local)).to(device),
+                         torch.as_tensor(positions, device=device), next(target.parameters()).dtype)
+    out = target(input_ids=to_device(tokens, device)[None], position_ids=to_device(positions, device)[None],
+                 attention_mask=mask, **cache_kwargs(target, cache), use_cache=True,
                  output_hidden_states=bool(feature_layers))
     return out.logits[0], (out.hidden_states if feature_layers else None)
 
 
 def keep_cache_entries(cache, start: int, keep_local: list[int]) -> None:
-    """After a verify forward appended m entries at `start`, keep only `keep_local` of them."""
-    total = cache.get_seq_length()
-    if keep_local == list(range(len(keep_local))):  # root + a prefix of the tree: a crop suffices
-        extra = total - start - len(keep_local)
-        if extra > 0:
-            cache.crop(-extra)
-        return
-    index = torch.as_tensor([start + i for i in keep_local], device=cache.layers[0].keys.device)
-    for layer in cache.layers:
-        layer.keys = torch.cat((layer.keys[..., :start, :], layer.keys.index_select(-2, index)), dim=-2)
-        layer.values = torch.cat((layer.values[..., :start, :], layer.values.index_select(-2, index)), dim=-2)
+    """After a verify forward appended m entries at `start`, keep only `keep_local` of them.
+
+    `cache.keep_entries` (`PreallocatedCache`) moves the kept entries in place: its cost follows the
+    cycle's tokens, not the context, and a chain (root + a prefix of the tree) is a length change."""
+    cache.keep_entries(start, keep_local)
 
 
 def cache_device(model) -> torch.device:
@@ -229,7 +232,7 @@ def run_cycle(target, cache, drafter: Drafter | None, root: int, cfg: DecodeConf
     layers = drafter.feature_layers if drafter is not None else None
     t_start = clock.now()
     root_pos = cache.get_seq_length()
-    if drafter is not None and depth_limit >= 1:
+    if drafter is not None and depth_limit >= 1 and wants_draft(depth_ctrl, root_pos):  # D = 0: no draft forward
         tree = draft_tree(drafter, root, cfg.top_k, depth_limit, depth_ctrl, root_pos)
         draft_s = clock.now() - t_start
         selected = select_verify_set(tree.scores, size_ctrl.choose_size(tree, root_pos))
@@ -249,7 +252,7 @@ def run_cycle(target, cache, drafter: Drafter | None, root: int, cfg: DecodeConf
     new_tokens = [int(t) for t in tokens[path]] + [bonus]
     if drafter is not None:  # the drafter keeps its own state in step with the target's
         drafter.end_cycle()
-        drafter.commit(torch.as_tensor(new_tokens, device=cache_device(target)),
+        drafter.commit(to_device(new_tokens, cache_device(target)),
                        _features(hidden, layers, [0] + path))
     total_s = clock.now() - t_start
     record = CycleRecord(depth=tree.depth, size=len(selected) - 1, top_k=cfg.top_k if drafter is not None else 0,
@@ -300,13 +303,13 @@ def _commit(output: list[int], new_tokens: list[int], eos_ids, max_new_tokens: i
 def generate(target, prompt_ids, drafter: Drafter | None = None, cfg: DecodeConfig | None = None,
              depth_ctrl: DepthController | None = None, size_ctrl: SizeController | None = None,
              eos_ids: set[int] | frozenset = frozenset(), context_limit: int | None = None,
-             on_cycle=None, keep_cache: bool = False) -> GenerationResult:
+             on_cycle=None, keep_cache: bool = False, cache=None) -> GenerationResult:
     """Speculative decoding (with a drafter) or plain autoregressive decoding (without).
 
     `on_cycle(tree, record)`, when given, sees every cycle's full draft tree (trace recording).
-    `keep_cache` puts the target's final KV cache in `result.extra["cache"]` (tests)."""
-    from transformers import DynamicCache
-
+    `keep_cache` puts the target's final KV cache in `result.extra["cache"]` (tests). `cache`: an
+    empty KV cache to fill (anything with `keep_entries`; default: a `PreallocatedCache` sized for
+    the prompt and `max_new_tokens`, grown if a generation outgrows it)."""
     cfg = cfg or DecodeConfig()
     cfg.validate(drafter is not None)
     depth_ctrl = depth_ctrl or StaticDepth(cfg.max_depth)
@@ -319,7 +322,9 @@ def generate(target, prompt_ids, drafter: Drafter | None = None, cfg: DecodeConf
     clock = Timer(device)
 
     t_start = clock.now()
-    cache = DynamicCache()
+    if cache is None:  # room for the whole generation and the last cycle's tree tokens
+        capacity = min(prompt.numel() + cfg.max_new_tokens, limit) + (cfg.top_k * cfg.max_depth if drafter else 0)
+        cache = PreallocatedCache.for_model(target, round_up(capacity + 1))
     last_logits, features = prefill(target, cache, prompt, layers)
     output: list[int] = []
     stop = _commit(output, [_pick(last_logits, cfg, generator)], eos_ids, cfg.max_new_tokens)

@@ -17,15 +17,16 @@ import numpy as np
 import torch
 
 from ltd_sim.errors import LTDError
+from realrun import attention_masks
+from realrun.kv_cache import cache_kwargs
 
 
 def float_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Bool [q, kv] (True = attend) -> additive float mask [1, 1, q, kv] (0 attend, finfo.min block).
 
-    A bool mask is silently misread by some attention paths; a float one means the same everywhere."""
-    out = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
-    out.masked_fill_(~visible, torch.finfo(dtype).min)
-    return out[None, None]
+    A bool mask is silently misread by some attention paths; a float one means the same everywhere.
+    (One definition, in `realrun.attention_masks`; re-exported here for the drafters' callers.)"""
+    return attention_masks.float_mask(visible, dtype)
 
 
 class _TreeSlots:
@@ -38,13 +39,19 @@ class _TreeSlots:
         self.committed = 0
         self.node_slot: dict[int, int] = {}
         self.node_seen: dict[int, list[int]] = {}
+        self.slot_pos: list[int] = []  # positions of the tree slots, in slot order (sliding windows)
 
     def reset_tree(self) -> None:
         self.node_slot.clear()
         self.node_seen.clear()
+        self.slot_pos.clear()
 
-    def beam_mask(self, beam: np.ndarray, parents: np.ndarray, device, dtype) -> torch.Tensor:
-        """Mask for feeding `beam` after the tree slots fed so far; records the new slots."""
+    def beam_mask(self, beam: np.ndarray, parents: np.ndarray, device, dtype,
+                  positions: np.ndarray | None = None, spec: attention_masks.MaskSpec | None = None):
+        """Mask for feeding `beam` after the tree slots fed so far; records the new slots.
+
+        With `positions` (the beam's) and `spec` (the drafter model's), the mask is that model's own:
+        sliding windows cut by position, one mask per layer kind where it takes a dict."""
         first_new = self.committed + len(self.node_slot)
         width = first_new + len(beam)
         visible = np.zeros((len(beam), width), dtype=bool)
@@ -57,7 +64,14 @@ class _TreeSlots:
             visible[row, seen] = True
             self.node_slot[node] = slot
             self.node_seen[node] = seen
-        return float_mask(torch.from_numpy(visible).to(device), dtype)
+        if positions is not None:
+            self.slot_pos.extend(int(p) for p in positions)
+        visible_t = torch.from_numpy(visible).to(device)
+        if spec is None or positions is None:
+            return float_mask(visible_t, dtype)
+        # committed slot j holds position j; tree slots hold their nodes' positions
+        k_pos = torch.as_tensor(np.concatenate((np.arange(self.committed), self.slot_pos)), device=device)
+        return spec.build(visible_t, torch.as_tensor(np.asarray(positions), device=device), k_pos, dtype)
 
 
 class Drafter(ABC):
@@ -96,7 +110,9 @@ class LMDrafter(Drafter):
     """An independent small causal LM that shares the target's vocabulary."""
 
     def __init__(self, model: torch.nn.Module, target_vocab_size: int):
-        from transformers import DynamicCache
+        from functools import partial
+
+        from realrun.kv_cache import PreallocatedCache
 
         draft_vocab = int(model.get_output_embeddings().weight.shape[0])
         if draft_vocab < target_vocab_size:
@@ -105,8 +121,8 @@ class LMDrafter(Drafter):
                 "an lm draft must share the target's tokenizer")
         self.model = model
         self.target_vocab = target_vocab_size
-        self._cache_cls = DynamicCache
-        self.cache = DynamicCache()
+        self._cache_cls = partial(PreallocatedCache.for_model, model)  # grown in steps; end_cycle's crop is free
+        self.cache = self._cache_cls()
         self.slots = _TreeSlots()
         self.pending: list[int] = []
 
@@ -132,7 +148,7 @@ class LMDrafter(Drafter):
             input_ids=torch.as_tensor(np.asarray(ids), device=dev)[None],
             position_ids=torch.as_tensor(positions, device=dev)[None],
             attention_mask=mask,
-            cache=self.cache,
+            **cache_kwargs(self.model, self.cache),
             use_cache=True,
         )
         logits = out.logits[0, :, : self.target_vocab].float()
@@ -149,8 +165,10 @@ class LMDrafter(Drafter):
             self.pending = []
         else:
             root_pos = self.slots.committed - 1
-            mask = self.slots.beam_mask(beam, parents, self.device, next(self.model.parameters()).dtype)
-            logp = self._forward(tokens[beam], root_pos + steps[beam].astype(np.int64), mask)
+            positions = root_pos + steps[beam].astype(np.int64)
+            mask = self.slots.beam_mask(beam, parents, self.device, next(self.model.parameters()).dtype,
+                                        positions, attention_masks.mask_spec(self.model))
+            logp = self._forward(tokens[beam], positions, mask)
         values, ids = logp.topk(top_k, dim=-1)
         return values, ids
 

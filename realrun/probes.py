@@ -19,6 +19,7 @@ from ltd_sim.tree import DraftTree, TreeBuilder, local_parents, select_verify_se
 from profiler.timing import Timer
 from realrun import models
 from realrun import decoder  # phases are looked up on the module: the probes time the decoder's own code
+from realrun.kv_cache import PreallocatedCache, cache_kwargs, round_up
 
 if TYPE_CHECKING:  # fitting loads scikit-learn; building probes does not need it
     from profiler.model import FittedCostModel
@@ -63,10 +64,9 @@ class DecoderProbes:
         return torch.as_tensor(self.rng.integers(0, self.vocab, size=shape), dtype=torch.long, device=self.device)
 
     def prepare(self, context_len: int) -> None:
-        from transformers import DynamicCache
-
         self.ctx = int(context_len)
-        self.cache = DynamicCache()
+        # the decoder's own cache, with room for the verify sets the probes append (it grows if need be)
+        self.cache = PreallocatedCache.for_model(self.target, round_up(self.ctx + 512))
         prompt = self._ids(self.ctx)
         logits, features = decoder.prefill(self.target, self.cache, prompt, self.layers)
         self.root = int(logits.argmax())
@@ -140,16 +140,14 @@ class DecoderProbes:
         return probe
 
     def batch_forward(self, batch: int, tokens: int, context_len: int):
-        from transformers import DynamicCache
-
         key = (batch, context_len)
         if key not in self._batch_caches:
             self._batch_caches = {}  # one at a time: batch caches are large
-            cache = DynamicCache()
+            cache = PreallocatedCache.for_model(self.target, round_up(context_len + tokens))
             with torch.no_grad():
                 pos = torch.arange(context_len, device=self.device)[None].expand(batch, -1)
-                self.target(input_ids=self._ids(batch, context_len), position_ids=pos, cache=cache,
-                            use_cache=True, logits_to_keep=1)
+                self.target(input_ids=self._ids(batch, context_len), position_ids=pos,
+                            **cache_kwargs(self.target, cache), use_cache=True, logits_to_keep=1)
             self._batch_caches[key] = cache
         cache = self._batch_caches[key]
         ids = self._ids(batch, tokens)
@@ -158,7 +156,7 @@ class DecoderProbes:
         @torch.no_grad()
         def probe(timer: Timer) -> list[float]:
             a = timer.mark()
-            self.target(input_ids=ids, position_ids=pos, cache=cache, use_cache=True)
+            self.target(input_ids=ids, position_ids=pos, **cache_kwargs(self.target, cache), use_cache=True)
             b = timer.mark()
             _crop_to(cache, context_len)
             return [timer.elapsed(a, b)]
@@ -275,3 +273,99 @@ def refit_profile(out: str | Path, plots: bool = True) -> FittedCostModel:
     if not (Path(out) / MEASUREMENTS_FILE).is_file():
         raise LTDError(f"no {MEASUREMENTS_FILE} in {out} to refit; run `ltd profile --out {out}`")
     return refit(out, plots=plots)
+
+
+# --------------------------------------------------------------------------------------------
+# Cycle breakdown: where a decoding cycle's time goes, at a given context (benchmarks, gpu_check)
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class CycleBreakdown:
+    """Medians over a generation's cycles at one (depth, V) and starting context."""
+
+    depth: int
+    size: int
+    context: int  # prompt tokens (the context when the first cycle starts)
+    cycles: int
+    tau: float  # tokens committed per cycle
+    draft_s: float
+    verify_s: float
+    overhead_s: float  # the cycle minus draft and verify: selection, acceptance, KV compaction, commit
+    total_s: float
+    overhead_mean_s: float  # mean overhead: the median hides a cost paid by a minority of cycles
+    overhead_accepting_s: float | None  # median overhead of cycles that accepted draft tokens (these compact
+    #                                     the KV cache when the path is not the tree's first nodes)
+    host_syncs_per_cycle: float | None  # CUDA only: synchronising calls per cycle, the phase clock's excluded
+    clock_syncs_per_cycle: float | None  # CUDA only: the phase clock's own device synchronisations
+
+    @property
+    def overhead_share(self) -> float:
+        return self.overhead_s / self.total_s if self.total_s > 0 else 0.0
+
+    def to_json(self) -> dict:
+        from dataclasses import asdict
+
+        return {**asdict(self), "overhead_share": self.overhead_share}
+
+
+class _SyncCounter:
+    """Counts CUDA synchronising calls (torch's sync debug mode) at the end of every cycle.
+
+    Warnings raised from torch/cuda/__init__.py are `torch.cuda.synchronize` (the decoder's phase
+    clock); every other one is a host sync of the decoder itself (a device-to-host copy, .item())."""
+
+    def __init__(self, device: torch.device):
+        self.active = device.type == "cuda"
+        self.marks: list[tuple[int, int]] = []
+        self._records: list = []
+
+    def __enter__(self):
+        if self.active:
+            import warnings
+
+            self._catch = warnings.catch_warnings(record=True)
+            self._records = self._catch.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            torch.cuda.set_sync_debug_mode("default")
+            self._catch.__exit__(*exc)
+
+    def mark(self) -> None:
+        if self.active:
+            syncs = [w for w in self._records if "synchroniz" in str(w.message)]
+            clock = sum(1 for w in syncs if w.filename.replace("\\", "/").endswith("torch/cuda/__init__.py"))
+            self.marks.append((len(syncs) - clock, clock))
+
+    def per_cycle(self) -> tuple[float | None, float | None]:
+        """(decoder syncs, clock syncs) per cycle, from the first cycle's end to the last's."""
+        if not self.active or len(self.marks) < 2:
+            return None, None
+        n = len(self.marks) - 1
+        return ((self.marks[-1][0] - self.marks[0][0]) / n, (self.marks[-1][1] - self.marks[0][1]) / n)
+
+
+def cycle_breakdown(target, drafter, prompt_ids: torch.Tensor, depth: int, size: int, new_tokens: int,
+                    top_k: int = defaults.TOP_K, cache=None, count_syncs: bool = False) -> CycleBreakdown:
+    """Decode `new_tokens` greedily after `prompt_ids` at a static (depth, V) and split the cycles.
+
+    `cache`: an empty KV cache for the target (default: the decoder's own). `count_syncs` (CUDA)
+    counts the host synchronisations per cycle with torch's sync debug mode (which slows the run: its
+    times are not the timed run's, so a caller runs the breakdown twice)."""
+    cfg = decoder.DecodeConfig(max_new_tokens=new_tokens, top_k=top_k, max_depth=depth)
+    counter = _SyncCounter(decoder.cache_device(target) if count_syncs else torch.device("cpu"))
+    with counter:
+        result = decoder.generate(target, prompt_ids, drafter, cfg, StaticDepth(depth), StaticSize(size),
+                                  cache=cache, on_cycle=lambda tree, record: counter.mark())
+    cycles = result.cycles[1:] or result.cycles  # the first cycle pays the drafter's prefill
+    med = {name: float(np.median([getattr(c, name) for c in cycles]))
+           for name in ("draft_s", "verify_s", "overhead_s", "total_s")}
+    syncs, clock = counter.per_cycle()
+    accepting = [c.overhead_s for c in cycles if c.accepted > 0]
+    return CycleBreakdown(depth, size, int(prompt_ids.numel()), len(result.cycles), result.tau, med["draft_s"],
+                          med["verify_s"], med["overhead_s"], med["total_s"],
+                          float(np.mean([c.overhead_s for c in cycles])),
+                          float(np.median(accepting)) if accepting else None, syncs, clock)

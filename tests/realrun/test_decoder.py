@@ -124,33 +124,11 @@ def test_eos_and_context_limit_stop(tiny_target, tiny_draft):
 # Sampling (T > 0): the output distribution equals the target's
 # ----------------------------------------------------------------------------------------------
 
-def _exact_joint(model, prompt, temperature, top_p, steps):
-    """Exact distribution of the first `steps` sampled tokens, by enumeration (small vocab)."""
-    from realrun.sampling import target_probs
-
-    vocab = model.config.vocab_size
-    dist = {(): 1.0}
-    for _ in range(steps):
-        nxt = {}
-        for seq, p in dist.items():
-            with torch.no_grad():
-                logits = model(torch.cat((prompt, torch.tensor(seq, dtype=torch.long)))[None]).logits[0, -1]
-            probs = target_probs(logits[None], temperature, top_p)[0]
-            for t in range(vocab):
-                if probs[t] > 0:
-                    nxt[seq + (t,)] = p * float(probs[t])
-        dist = nxt
-    return dist
-
-
-def _tv(counts: dict, n: int, exact: dict) -> float:
-    keys = set(counts) | set(exact)
-    return 0.5 * sum(abs(counts.get(k, 0) / n - exact.get(k, 0.0)) for k in keys)
-
-
 @pytest.mark.parametrize("top_p", [1.0, 0.8])
 def test_sampling_matches_target_distribution(top_p):
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from realrun.exact_law import sampling_law_check
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=6, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -159,24 +137,11 @@ def test_sampling_matches_target_distribution(top_p):
     with torch.no_grad():
         target.lm_head.weight.mul_(3.0)
     draft = noisy_copy(target, 0.3)
-    prompt = torch.tensor([1, 2, 3, 4])
-    temperature, steps, n = 1.0, 3, 1500
-    exact = _exact_joint(target, prompt, temperature, top_p, steps)
-    spec, plain, accepted = {}, {}, 0
-    for i in range(n):
-        cfg_i = DecodeConfig(max_new_tokens=steps, top_k=2, max_depth=3, temperature=temperature,
-                             top_p=top_p, seed=i)
-        r = generate(target, prompt, LMDrafter(draft, 6), cfg_i, StaticDepth(3), StaticSize(6))
-        accepted += sum(c.accepted for c in r.cycles)
-        spec[tuple(r.token_ids)] = spec.get(tuple(r.token_ids), 0) + 1
-        p = generate(target, prompt, None, cfg_i)
-        plain[tuple(p.token_ids)] = plain.get(tuple(p.token_ids), 0) + 1
-    assert accepted > n // 4, "the tree path must be exercised: draft tokens accepted under sampling"
-    # E[TV] of an n-sample empirical law over K outcomes is at most 0.5*sqrt(K/n); allow 1.5x that.
-    bound = 1.5 * 0.5 * np.sqrt(len(exact) / n)
-    tv_spec, tv_plain = _tv(spec, n, exact), _tv(plain, n, exact)
-    assert tv_plain < bound, (tv_plain, bound)
-    assert tv_spec < bound, (tv_spec, bound)
+    law = sampling_law_check(target, draft, torch.tensor([1, 2, 3, 4]), temperature=1.0, top_p=top_p,
+                             steps=3, n=1500, top_k=2, depth=3, size=6)
+    assert law.accepted_draft_tokens > law.samples // 4, "the tree path must be exercised under sampling"
+    assert law.tv_plain < law.bound, (law.tv_plain, law.bound)
+    assert law.tv_speculative < law.bound, (law.tv_speculative, law.bound)
 
 
 # ----------------------------------------------------------------------------------------------
