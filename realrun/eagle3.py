@@ -33,7 +33,7 @@ from torch import nn
 from ltd_sim.errors import LTDError
 from ltd_sim.io import read_dir, replace_dir
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: layer ids in ltd.hidden_state_indices, the publishers' numberings beside them
 ARCHITECTURE = "LlamaForCausalLMEagle3"
 
 
@@ -63,22 +63,28 @@ class Eagle3Config:
     @classmethod
     def for_target(cls, target_config, draft_vocab_size: int, target_fingerprint: str = "",
                    target_name: str = "") -> "Eagle3Config":
-        hidden = target_config.hidden_size
-        heads = target_config.num_attention_heads
-        rope = getattr(target_config, "rope_parameters", None) or {}
+        """A head shaped like one decoder layer of the target, from its config (any architecture: the
+        names differ, e.g. GPT-NeoX's layer_norm_eps, GPT-2's n_inner; Gemma 3 keeps rope per layer kind)."""
+        tc = getattr(target_config, "get_text_config", lambda: target_config)() or target_config
+        hidden = tc.hidden_size
+        heads = tc.num_attention_heads
+        rope = getattr(tc, "rope_parameters", None) or {}
+        if isinstance(rope.get("full_attention"), dict):  # per layer kind: the full layers' rope
+            rope = rope["full_attention"]
+        eps = getattr(tc, "rms_norm_eps", None) or getattr(tc, "layer_norm_eps", None) or 1e-6
         return cls(
             hidden_size=hidden,
             target_hidden_size=hidden,
-            intermediate_size=target_config.intermediate_size,
+            intermediate_size=getattr(tc, "intermediate_size", None) or getattr(tc, "n_inner", None) or 4 * hidden,
             num_attention_heads=heads,
-            num_key_value_heads=getattr(target_config, "num_key_value_heads", heads),
-            head_dim=getattr(target_config, "head_dim", None) or hidden // heads,
-            vocab_size=target_config.vocab_size,
-            draft_vocab_size=min(draft_vocab_size, target_config.vocab_size),
-            rms_norm_eps=target_config.rms_norm_eps,
-            rope_theta=float(rope.get("rope_theta", getattr(target_config, "rope_theta", 10000.0))),
-            max_position_embeddings=target_config.max_position_embeddings,
-            aux_layer_ids=aux_layer_ids(target_config.num_hidden_layers),
+            num_key_value_heads=getattr(tc, "num_key_value_heads", None) or heads,
+            head_dim=getattr(tc, "head_dim", None) or hidden // heads,
+            vocab_size=tc.vocab_size,
+            draft_vocab_size=min(draft_vocab_size, tc.vocab_size),
+            rms_norm_eps=float(eps),
+            rope_theta=float(rope.get("rope_theta", getattr(tc, "rope_theta", 10000.0))),
+            max_position_embeddings=int(getattr(tc, "max_position_embeddings", None) or 2048),
+            aux_layer_ids=aux_layer_ids(tc.num_hidden_layers),
             target_name=target_name,
             target_fingerprint=target_fingerprint,
         )
@@ -102,34 +108,27 @@ class Eagle3Config:
             "rope_theta": self.rope_theta,
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": False,
+            # The same layers in the publishers' two numberings (realrun.head_formats): SGLang/SpecForge
+            # read eagle_config as "output of layer i" (index - 1), vLLM the top level as the index.
             "eagle_config": {"use_aux_hidden_state": True,
-                             "eagle_aux_hidden_state_layer_ids": self.aux_layer_ids},
+                             "eagle_aux_hidden_state_layer_ids": [i - 1 for i in self.aux_layer_ids]},
+            "eagle_aux_hidden_state_layer_ids": list(self.aux_layer_ids),
             "ltd": {"format_version": FORMAT_VERSION, "target_name": self.target_name,
-                    "target_fingerprint": self.target_fingerprint},
+                    "target_fingerprint": self.target_fingerprint,
+                    "hidden_state_indices": list(self.aux_layer_ids)},
         }
 
     @classmethod
     def from_hf_json(cls, cfg: dict) -> "Eagle3Config":
-        ltd = cfg.get("ltd", {})
-        heads = cfg["num_attention_heads"]
-        eagle = cfg.get("eagle_config") or {}
-        return cls(
-            hidden_size=cfg["hidden_size"],
-            target_hidden_size=cfg.get("target_hidden_size") or cfg["hidden_size"],
-            intermediate_size=cfg["intermediate_size"],
-            num_attention_heads=heads,
-            num_key_value_heads=cfg.get("num_key_value_heads", heads),
-            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
-            vocab_size=cfg["vocab_size"],
-            draft_vocab_size=cfg.get("draft_vocab_size") or cfg["vocab_size"],
-            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
-            rope_theta=float(cfg.get("rope_theta", 10000.0)),
-            max_position_embeddings=cfg.get("max_position_embeddings", 2048),
-            aux_layer_ids=list(eagle.get("eagle_aux_hidden_state_layer_ids")
-                               or cfg.get("eagle_aux_hidden_state_layer_ids") or []),
-            target_name=ltd.get("target_name", ""),
-            target_fingerprint=ltd.get("target_fingerprint", ""),
-        )
+        """Any published layout's config.json (see realrun.head_formats); layer ids as hidden-state
+        indices, [] where the config names none (the layout and the target then decide)."""
+        from pathlib import Path
+
+        from realrun.head_formats import LTD, SPECFORGE, SPECULATORS, parse_config
+
+        layout = LTD if "ltd" in cfg else SPECULATORS if "speculators_model_type" in cfg else SPECFORGE
+        fields, ids, _ = parse_config(cfg, layout, Path("config.json"))
+        return cls(aux_layer_ids=ids or [], **fields)
 
 
 class RMSNorm(nn.Module):
@@ -266,24 +265,37 @@ class MidLayer(nn.Module):
 
 
 class HeadCache:
-    """The head's own KV cache: one layer, appended to and cropped like the target's."""
+    """The head's own KV cache: one layer in a pre-allocated `KVStore` (grown in steps), so that an
+    append writes only the new entries and `crop` (dropping a cycle's tree nodes) is a length change."""
 
-    def __init__(self):
-        self.keys: torch.Tensor | None = None
-        self.values: torch.Tensor | None = None
+    def __init__(self, capacity: int = 1024, step: int | None = None):
+        from realrun.kv_cache import STEP, KVStore
+
+        self.store = KVStore(1, capacity, step or STEP)
+        self.length = 0
 
     def __len__(self) -> int:
-        return 0 if self.keys is None else self.keys.shape[-2]
+        return self.length
+
+    @property
+    def keys(self) -> torch.Tensor | None:
+        return None if self.store.data is None else self.store.data[0, 0, :, :, : self.length]
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        return None if self.store.data is None else self.store.data[0, 1, :, :, : self.length]
 
     def append(self, k: torch.Tensor, v: torch.Tensor):
-        self.keys = k if self.keys is None else torch.cat((self.keys, k), dim=-2)
-        self.values = v if self.values is None else torch.cat((self.values, v), dim=-2)
-        return self.keys, self.values
+        """Write k, v [B, kv_heads, n, d] after the cached entries; returns views of all of them."""
+        end = self.length + k.shape[-2]
+        data = self.store.ensure(k, end)[0]
+        data[0, :, :, self.length:end].copy_(k)
+        data[1, :, :, self.length:end].copy_(v)
+        self.length = end
+        return data[0, :, :, :end], data[1, :, :, :end]
 
     def crop(self, length: int) -> None:
-        if self.keys is not None:
-            self.keys = self.keys[..., :length, :]
-            self.values = self.values[..., :length, :]
+        self.length = min(self.length, length)
 
 
 class Eagle3Head(nn.Module):
@@ -350,54 +362,77 @@ def save_head(head: Eagle3Head, out_dir: str | os.PathLike) -> Path:
 
 def load_head(path: str | os.PathLike, target: nn.Module | None = None, device="cpu",
               dtype: torch.dtype = torch.float32) -> Eagle3Head:
-    """Load a head in the published EAGLE-3 layout; with `target`, check that it fits and attach
-    the target's embeddings. A head for another target fails with a one-line LTDError."""
-    from safetensors.torch import load_file
+    """Load a head in any published EAGLE-3 layout (ours, the EAGLE authors', SpecForge's,
+    vllm-project/speculators'; `realrun.head_formats`); with `target`, check that it fits, resolve the
+    layer ids the layout leaves implicit and attach the target's embeddings. A head that does not fit
+    fails with a one-line LTDError."""
+    from realrun.head_formats import read_head_dir, resolve_layer_ids
 
     path = read_dir(path)
-    cfg_path = path / "config.json"
-    weights = path / "model.safetensors"
-    if not cfg_path.is_file() or not weights.is_file():
-        raise LTDError(f"no EAGLE-3 head at {path} (expected config.json and model.safetensors)")
-    try:
-        raw = json.loads(cfg_path.read_text())
-        cfg = Eagle3Config.from_hf_json(raw)
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise LTDError(f"corrupted EAGLE-3 config at {cfg_path}: {exc}") from exc
-    version = raw.get("ltd", {}).get("format_version", FORMAT_VERSION)
-    if version != FORMAT_VERSION:
-        raise LTDError(f"EAGLE-3 head at {path} has format version {version}; this toolkit reads {FORMAT_VERSION}")
+    source = read_head_dir(path)
+    tcfg = None
     if target is not None:
-        tcfg = target.config
-        if cfg.vocab_size != tcfg.vocab_size or cfg.target_hidden_size != tcfg.hidden_size:
-            raise LTDError(
-                f"draft head at {path} was made for a target with vocab {cfg.vocab_size} and hidden "
-                f"size {cfg.target_hidden_size}; this target has {tcfg.vocab_size} and {tcfg.hidden_size}")
-        if not cfg.aux_layer_ids or max(cfg.aux_layer_ids) > tcfg.num_hidden_layers:
-            raise LTDError(f"draft head at {path} reads target layers {cfg.aux_layer_ids}, "
-                           f"but the target has {tcfg.num_hidden_layers}")
-        if cfg.target_fingerprint and cfg.target_fingerprint != target_fingerprint(target):
-            raise LTDError(f"draft head at {path} was trained for another target "
-                           f"({cfg.target_name or 'unknown'}): its weights fingerprint does not match")
+        tcfg = getattr(target.config, "get_text_config", lambda: target.config)() or target.config
+        _check_fits(source.config, tcfg, target, path)
+    source.config["aux_layer_ids"] = resolve_layer_ids(source, tcfg.num_hidden_layers if tcfg else None, path)
+    cfg = Eagle3Config(**source.config)
     head = Eagle3Head(cfg)
-    try:
-        state = load_file(str(weights))
-    except Exception as exc:  # safetensors raises its own error types for truncated files
-        raise LTDError(f"corrupted EAGLE-3 weights at {weights}: {exc}") from exc
+    state = source.state
     embed = state.pop("embed_tokens.weight", None)
+    _fit_fc(head, state["fc.weight"], "fc.bias" in state)
+    if "lm_head.weight" not in state:  # the exporter left the output layer to the target's
+        state["lm_head.weight"] = _shared_lm_head(target, state["d2t"], cfg, path)
     missing, unexpected = head.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise LTDError(f"EAGLE-3 head at {path} does not have the published layout "
                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     head.to(device=device, dtype=dtype).eval()
     head.d2t.data = head.d2t.data.long()
+    head.load_notes = source.notes
     if embed is not None:
+        if target is not None and embed.shape != target.get_input_embeddings().weight.shape:
+            raise LTDError(f"the head at {path} stores embeddings of shape {tuple(embed.shape)}; the target's "
+                           f"are {tuple(target.get_input_embeddings().weight.shape)}")
         emb = nn.Embedding(*embed.shape)
         emb.weight.data.copy_(embed)
         head.attach_embeddings(emb.to(device=device, dtype=dtype))
     elif target is not None:
         head.attach_embeddings(target.get_input_embeddings())
     return head
+
+
+def _check_fits(fields: dict, tcfg, target: nn.Module, path: Path) -> None:
+    """One-line refusals for a head made for another target: vocabulary, hidden size, fingerprint."""
+    vocab = int(target.get_output_embeddings().weight.shape[0])
+    if fields["vocab_size"] not in (tcfg.vocab_size, vocab) or fields["target_hidden_size"] != tcfg.hidden_size:
+        raise LTDError(
+            f"draft head at {path} was made for a target with vocab {fields['vocab_size']} and hidden "
+            f"size {fields['target_hidden_size']}; this target has {tcfg.vocab_size} and {tcfg.hidden_size}")
+    fingerprint = fields.get("target_fingerprint")
+    if fingerprint and fingerprint != target_fingerprint(target):
+        raise LTDError(f"draft head at {path} was trained for another target "
+                       f"({fields.get('target_name') or 'unknown'}): its weights fingerprint does not match")
+
+
+def _fit_fc(head: Eagle3Head, fc_weight: torch.Tensor, bias: bool) -> None:
+    """Heads that fuse another number of target layers than three, or whose fc has a bias
+    (speculators), get an fc of their own shape; the forward only needs `fc(features)`."""
+    if tuple(fc_weight.shape) != tuple(head.fc.weight.shape) or bias:
+        head.fc = nn.Linear(fc_weight.shape[1], fc_weight.shape[0], bias=bias)
+
+
+def _shared_lm_head(target: nn.Module | None, d2t: torch.Tensor, cfg: Eagle3Config, path: Path) -> torch.Tensor:
+    """The target's output layer at the head's draft vocabulary: what an exporter that omits
+    lm_head.weight means. (Not the input embedding: that is the output layer only for targets that
+    tie them, and get_output_embeddings returns the right one either way.)"""
+    if target is None:
+        raise LTDError(f"the head at {path} has no lm_head.weight: load it with its target, whose output "
+                       "layer it shares")
+    out = target.get_output_embeddings().weight.detach().float().cpu()
+    if out.shape[1] != cfg.hidden_size:
+        raise LTDError(f"the head at {path} has no lm_head.weight and its hidden size {cfg.hidden_size} "
+                       f"differs from the target's output layer ({out.shape[1]})")
+    return out[torch.arange(len(d2t)) + d2t]
 
 
 def random_head(target: nn.Module, draft_vocab_size: int | None = None, seed: int = 0) -> Eagle3Head:

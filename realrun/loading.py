@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ class ModelPair:
     draft_kind: str | None
     eos_ids: set[int]
     context_limit: int
+    notes: list[str] = field(default_factory=list)  # what loading decided for the user (caps, defaults)
 
 
 def resolve_draft(draft: str | None, draft_kind: str | None) -> tuple[Path | None, str | None]:
@@ -33,13 +35,31 @@ def resolve_draft(draft: str | None, draft_kind: str | None) -> tuple[Path | Non
         if not (path / "config.json").is_file():
             raise LTDError(f"no default draft head at {path}; build one with `ltd draft build`")
         return path, "eagle3"
-    kind = draft_kind or "lm"
-    if kind not in DRAFT_KINDS:
-        raise LTDError(f"--draft-kind must be one of {', '.join(DRAFT_KINDS)}, got {kind!r}")
     path = Path(draft)
     if not (path / "config.json").is_file():
         raise LTDError(f"no draft model at {path} (expected a directory with config.json)")
+    kind = draft_kind or guess_draft_kind(path)
+    if kind not in DRAFT_KINDS:
+        raise LTDError(f"--draft-kind must be one of {', '.join(DRAFT_KINDS)}, got {kind!r}")
     return path, kind
+
+
+def guess_draft_kind(path: Path) -> str:
+    """"eagle3" when config.json is an EAGLE-3 head's in any published layout, else "lm"."""
+    import json
+
+    from realrun.head_formats import EAGLE3_ARCHITECTURES
+
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return "lm"  # loading it as an lm then reports what is wrong
+    if not isinstance(raw, dict):
+        return "lm"
+    if "ltd" in raw or raw.get("speculators_model_type") or \
+            any(a in EAGLE3_ARCHITECTURES for a in raw.get("architectures") or []):
+        return "eagle3"
+    return "lm"
 
 
 def load_drafter(path: Path, kind: str, target: LoadedModel) -> Drafter:
@@ -65,8 +85,17 @@ def load_pair(target: str | None = None, draft: str | None = None, draft_kind: s
     dev = pick_device(device)
     tgt = load_causal_lm(resolve_target(target), dev, pick_dtype(dtype, dev))
     drafter = load_drafter(draft_path, kind, tgt) if draft_path is not None else None
-    return ModelPair(tgt, drafter, draft_path, kind, eos_token_ids(tgt.model, tgt.tokenizer),
-                     context_limit(tgt.model))
+    limit, notes = context_limit(tgt.model), []
+    if isinstance(drafter, Eagle3Drafter):
+        notes += list(getattr(drafter.head, "load_notes", []))
+        head_limit = drafter.head.cfg.max_position_embeddings
+        if head_limit < limit:  # the head was trained on shorter contexts: do not run it past them
+            notes.append(f"the draft head was made for contexts up to {head_limit} tokens (the target "
+                         f"takes {limit}): generation is capped at {head_limit}")
+            limit = head_limit
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return ModelPair(tgt, drafter, draft_path, kind, eos_token_ids(tgt.model, tgt.tokenizer), limit, notes)
 
 
 def set_threads(threads: int | None = None) -> int:

