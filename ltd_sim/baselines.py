@@ -1,8 +1,8 @@
 """Baselines on the same traces and cost model as the policies, and the one evaluation table.
 
-- every static (D, V) of the grid; `eagle3` is EAGLE-3's default (MAX_DEPTH, STATIC_SIZE);
-  `best_static` the fastest of the grid on the evaluated traces;
-- `oracle`: the DP's fastest schedule (same action set, V = 0 included): the physical limit;
+- every static (D, V) of the grid, (0, 0) "no draft" included; `eagle3` is EAGLE-3's default
+  (MAX_DEPTH, STATIC_SIZE); `best_static` the fastest of the grid on the evaluated traces;
+- `oracle`: the DP's fastest schedule (same action set, D = 0 and V = 0 included): the physical limit;
 - heuristics from the literature, each tuned (threshold and V from the grid) on the evaluated traces
   themselves, the most favourable choice for them:
   * `confidence_stop`: stop after the step whose best node's conditional probability falls under a
@@ -101,6 +101,22 @@ def transformers_heuristic(t: SimTables) -> tuple[SimResult, dict]:
     return runs[g], {"start": SCHEDULE_START, "size": t.grid[g]}
 
 
+def no_draft_share(t: SimTables, depth_at: np.ndarray, size_at: np.ndarray) -> float:
+    """The share of a schedule's cycles that do not draft (D = 0: plain decoding steps)."""
+    counts = np.zeros(2, np.int64)  # [no-draft cycles, all cycles]
+
+    def choose(p, seq):
+        d = np.clip(depth_at[p], 0, t.dmax[p])
+        return d, size_at[p, np.maximum(d, 1) - 1] if np.ndim(size_at) == 2 else size_at[p]
+
+    def feedback(seq, depth, accepted):
+        counts[0] += int((depth == 0).sum())
+        counts[1] += len(seq)
+
+    simulate(t, choose, feedback)
+    return float(counts[0] / max(counts[1], 1))
+
+
 def _row(res: SimResult, oracle_rate: float, ar_rate: float, **extra) -> dict:
     return {"tokens_per_s": res.tokens_per_s, "tau": res.tau, "oracle_ratio": res.tokens_per_s / oracle_rate,
             "speedup_vs_ar": res.tokens_per_s / ar_rate, **extra}
@@ -131,7 +147,7 @@ def evaluate(t: SimTables, policy_schedule: tuple[np.ndarray, np.ndarray] | None
             methods[name] = _row(res[0], o_rate, a_rate, **res[1])
     if policy_schedule is not None:
         res = simulate_tables(t, *policy_schedule)
-        methods["ltd"] = _row(res, o_rate, a_rate)
+        methods["ltd"] = _row(res, o_rate, a_rate, no_draft_share=no_draft_share(t, *policy_schedule))
         methods["ltd"]["vs_best_static"] = res.tokens_per_s / grid[best_key].tokens_per_s
     methods = {k: v for k, v in methods.items() if v is not None}
     return {"methods": methods, "positions": t.num_positions, "sequences": t.num_sequences,

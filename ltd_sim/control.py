@@ -1,7 +1,9 @@
 """The decoder's two control points, as protocols, and the static controllers (EAGLE-3 baseline).
 
-The depth controller is asked after every draft step whether to take another; the size controller
-then picks V, the number of tree tokens the target verifies (0 = the root alone). Learned policies,
+The depth controller is asked before the first draft step whether to draft at all (`should_draft`:
+False is the "no draft" action D = 0, a plain decoding step with no draft forward) and after every
+draft step whether to take another; the size controller then picks V, the number of tree tokens the
+target verifies (0 = the root alone, after drafting). Learned policies,
 heuristics and static settings all implement these, in the real decoder and in the simulator alike.
 """
 
@@ -14,6 +16,9 @@ from ltd_sim.tree import DraftTree
 
 
 class DepthController(Protocol):
+    def should_draft(self, context_len: int) -> bool:
+        """Before step 1: draft at all? (False: D = 0, the cycle verifies the root alone.)"""
+
     def should_continue(self, tree: DraftTree, context_len: int) -> bool:
         """After step `tree.depth` (>= 1): take another draft step?"""
 
@@ -23,9 +28,21 @@ class SizeController(Protocol):
         """How many tree tokens to verify with the root (clipped by the caller to the pool)."""
 
 
+def wants_draft(ctrl, context_len: int) -> bool:
+    """`ctrl.should_draft(context_len)`; a controller without that decision (written before D = 0
+    existed) always drafts."""
+    ask = getattr(ctrl, "should_draft", None)
+    return True if ask is None else bool(ask(context_len))
+
+
 class StaticDepth:
+    """A fixed depth; depth 0 never drafts (plain decoding with the drafter loaded)."""
+
     def __init__(self, depth: int):
         self.depth = int(depth)
+
+    def should_draft(self, context_len: int) -> bool:
+        return self.depth >= 1
 
     def should_continue(self, tree: DraftTree, context_len: int) -> bool:
         return tree.depth < self.depth
@@ -50,6 +67,13 @@ class TimedControl:
         self.depth, self.size = depth, size
         self.seconds = 0.0
         self.calls = 0
+
+    def should_draft(self, context_len: int) -> bool:
+        start = time.perf_counter()
+        out = wants_draft(self.depth, context_len)
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+        return out
 
     def should_continue(self, tree: DraftTree, context_len: int) -> bool:
         return self._timed(self.depth.should_continue, tree, context_len)

@@ -1,7 +1,9 @@
 """Gymnasium environments over recorded traces: the depth env and the size env (DESIGN.md).
 
 - Depth env (`ltd/Depth-v0`): one step = one draft step. Action 0 = CONTINUE, 1 = STOP; at
-  max_depth (or the recorded tree's depth) the cycle stops whatever the action. At a stop the frozen
+  max_depth (or the recorded tree's depth) the cycle stops whatever the action. With a feature set
+  that asks before drafting ("paper_v2"), each cycle starts with a decision at depth 0 on the
+  pre-draft observation: STOP there is the "no draft" action (D = 0, a plain decoding step). At a stop the frozen
   size policy (a table of its choices per position and depth) picks V, the cycle is scored, and the
   episode moves on to the next uncommitted position.
 - Size env (`ltd/Size-v0`): one step = one cycle's choice of V (an index into SIZE_GRID), after the
@@ -30,7 +32,7 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv
 
 from ltd_sim.errors import LTDError
-from ltd_sim.sim import SimTables
+from ltd_sim.sim import SimTables, cycle_outcome
 
 CONTINUE, STOP = 0, 1
 REWARDS = ("time", "throughput")
@@ -63,14 +65,18 @@ class _Core:
         self.pos[ids] = self.t.seq_start[self.seq[ids]]
 
     def obs(self, ids=slice(None)) -> np.ndarray:
-        return self.t.feats[self.pos[ids], self.depth[ids] - 1]
+        p, d = self.pos[ids], self.depth[ids]
+        out = self.t.feats[p, np.maximum(d, 1) - 1]
+        if self.t.feats0 is not None and (d == 0).any():  # before drafting: the pre-draft observation
+            out = np.where((d == 0)[:, None], self.t.feats0[p], out)
+        return out
 
     def _commit(self, ids: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Score the cycle of copies `ids` at their depth with size index g; advance; (reward, done)."""
         t, p, d = self.t, self.pos[ids], self.depth[ids]
         end = t.seq_end[self.seq[ids]]
-        c = np.minimum(t.acc[p, d - 1, g].astype(np.int64) + 1, end - p)
-        dt = t.cost[p, d - 1, g]
+        a, dt = cycle_outcome(t, p, d, np.asarray(g, np.int64))
+        c = np.minimum(a + 1, end - p)
         if self.reward_kind == "time":
             r = c - self.rate * dt
         else:
@@ -86,10 +92,12 @@ class DepthCore(_Core):
         super().__init__(tables, n, **kw)
         self.size_at = np.broadcast_to(np.asarray(size_at, np.int64), tables.dmax.shape + (tables.max_depth,))
         self.action_space = spaces.Discrete(2)
+        # depth 0 = before the first draft step, where STOP means "no draft" (feature set paper_v2)
+        self.first = 0 if tables.spec.asks_before_draft and tables.feats0 is not None else 1
 
     def reset(self, ids) -> None:
         self._start(ids)
-        self.depth[ids] = 1
+        self.depth[ids] = self.first
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         reward = np.zeros(self.n, np.float32)
@@ -97,9 +105,9 @@ class DepthCore(_Core):
         stop = (np.asarray(actions) == STOP) | (self.depth >= self.t.dmax[self.pos])
         ids = np.flatnonzero(stop)
         if len(ids):
-            g = self.size_at[self.pos[ids], self.depth[ids] - 1]
+            g = self.size_at[self.pos[ids], np.maximum(self.depth[ids], 1) - 1]
             reward[ids], done[ids] = self._commit(ids, g)
-            self.depth[ids] = 1
+            self.depth[ids] = self.first
         self.depth[~stop] += 1
         return reward, done
 

@@ -3,8 +3,16 @@
 The simulator's tables, the gymnasium envs, the real-decoder policy controllers and any later
 real-decoder env all build observations by calling `observe(tree_so_far, context_len)`.
 
-Default feature set "paper_v1" (the paper's: frontier and tree cumulative log-probs, depth, context
-length), every entry normalised into [0, 1]:
+Feature sets (the name is saved with every policy, so old policies keep running as they were trained):
+- "paper_v1": the paper's observation below; the depth policy is asked after each draft step only
+  (the first step is always taken);
+- "paper_v2" (default): the same observation, and the depth policy is also asked *before* the first
+  step, on the observation of the root-only tree (`pre_draft_observation`: depth 0, context length,
+  empty frontier and pool). STOP there is the "no draft" action D = 0: the cycle is a plain decoding
+  step with no draft forward. The decision sees only what is known before drafting (the context
+  length), so the simulator's tables stay per-position and exact.
+
+The observation, every entry normalised into [0, 1]:
 - frontier: the `top_k` best cumulative log-probs of the nodes the latest step created, sorted, as
   probabilities exp(score) (0 pads a frontier narrower than top_k);
 - tree: the pool's r-th best cumulative log-prob for every r = V of the size grid (V >= 1), as
@@ -22,7 +30,8 @@ import numpy as np
 from ltd_sim import defaults
 from ltd_sim.tree import DraftTree
 
-FEATURE_SET = "paper_v1"
+FEATURE_SET = "paper_v2"
+FEATURE_SETS = ("paper_v1", "paper_v2")  # every set this toolkit reads; one observation layout for both
 CONTEXT_NORM = 4096
 
 
@@ -39,6 +48,11 @@ class FeatureSpec:
         return np.asarray([v for v in self.size_grid if v > 0], dtype=np.int64)
 
     @property
+    def asks_before_draft(self) -> bool:
+        """Whether the depth policy also decides before the first draft step (D = 0 allowed)."""
+        return self.name != "paper_v1"
+
+    @property
     def dim(self) -> int:
         return self.top_k + len(self.ranks) + 2
 
@@ -52,8 +66,8 @@ class FeatureSpec:
     def from_json(cls, d: dict) -> "FeatureSpec":
         from ltd_sim.errors import LTDError
 
-        if d.get("name") != FEATURE_SET:
-            raise LTDError(f"unknown feature set {d.get('name')!r}; this toolkit computes {FEATURE_SET!r}")
+        if d.get("name") not in FEATURE_SETS:
+            raise LTDError(f"unknown feature set {d.get('name')!r}; this toolkit computes {', '.join(FEATURE_SETS)}")
         return cls(d["name"], int(d["top_k"]), int(d["max_depth"]), tuple(d["size_grid"]),
                    int(d["context_norm"]))
 
@@ -81,6 +95,17 @@ def observe(tree: DraftTree, context_len: int, spec: FeatureSpec = DEFAULT_SPEC)
     ctx = min(np.log1p(max(context_len, 0)) / np.log1p(spec.context_norm), 1.0)
     return np.concatenate((np.exp(_top_desc(frontier, spec.top_k)), np.exp(ranked),
                            [min(depth / spec.max_depth, 1.0), ctx])).astype(np.float32)
+
+
+def pre_draft_tree() -> DraftTree:
+    """The tree before any draft step: the root alone (its token does not enter the observation)."""
+    return DraftTree(np.zeros(1, np.int64), np.array([-1]), np.zeros(1, np.float32), np.zeros(1, np.int8))
+
+
+def pre_draft_observation(context_len: int, spec: FeatureSpec = DEFAULT_SPEC) -> np.ndarray:
+    """The depth policy's observation before the first draft step (feature set "paper_v2"): `observe`
+    of the root-only tree, so depth 0, an empty frontier and pool, and the context length."""
+    return observe(pre_draft_tree(), context_len, spec)
 
 
 def step_stats(tree: DraftTree) -> tuple[np.ndarray, np.ndarray]:

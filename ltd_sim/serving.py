@@ -41,8 +41,9 @@ class Schedule:
         return cls(name or f"static({depth},{size})", np.full(P, depth), np.full((P, D), t.grid.index(size)))
 
     def choose(self, t: SimTables, p: int) -> tuple[int, int]:
-        d = int(min(max(self.depth_at[p], 1), t.dmax[p]))
-        return d, int(self.size_at[p, d - 1])
+        """(depth, size index); depth 0: no draft (the root alone is verified)."""
+        d = int(min(max(self.depth_at[p], 0), t.dmax[p]))
+        return d, int(self.size_at[p, max(d, 1) - 1])
 
 
 def batched_verify(cost, sizes: list[int], context_len: int) -> float:
@@ -60,9 +61,9 @@ def batched_verify(cost, sizes: list[int], context_len: int) -> float:
 def batch_time(cost, t: SimTables, picks: list[tuple[int, int, int]]) -> float:
     """Seconds for one batched cycle; picks = [(position, depth, size index)]."""
     depths = [d for _, d, _ in picks]
-    sizes = [int(t.vsize[p, d - 1, g]) for p, d, g in picks]
+    sizes = [int(t.vsize[p, d - 1, g]) if d >= 1 else 0 for p, d, g in picks]
     ctx = int(np.mean([int(t.context[p]) for p, _, _ in picks]))
-    draft = sum(cost.draft_step(s, t.top_k, ctx) for s in range(1, max(depths) + 1))
+    draft = sum(cost.draft_step(s, t.top_k, ctx) for s in range(1, max(depths) + 1))  # none if no one drafts
     verify = batched_verify(cost, sizes, ctx)
     overhead = sum(cost.overhead(d, v, t.top_k) for d, v in zip(depths, sizes))
     return draft + verify + overhead
@@ -101,7 +102,7 @@ def serve(t: SimTables, cost, schedule: Schedule, rate: float, n_requests: int =
                 yield req
                 yield env.timeout(batch_time(cost, t, picks))
             for r, (p, d, g) in zip(batch, picks):
-                c = min(int(t.acc[p, d - 1, g]) + 1, r["end"] - p)
+                c = min((int(t.acc[p, d - 1, g]) if d >= 1 else 0) + 1, r["end"] - p)
                 r["pos"] += c
                 tokens[0] += c
                 if r["pos"] >= r["end"]:

@@ -8,6 +8,11 @@ are then array lookups.
 
 A sequence with output length L has P = L - 1 positions (output[0] comes from the prefill). A cycle
 at position p with (D, V) commits min(accepted + 1, remaining) tokens and moves to p + committed.
+
+D = 0 is the "no draft" action: no draft forward, the root alone verified, one token committed, at
+the cost of a plain decoding step (`ar_cost`). The drafter catches up on the tokens committed
+meanwhile at its next drafted cycle; that catch-up is not priced (an EAGLE-3 head feeds a few more
+tokens in its first step's one forward).
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ import numpy as np
 from ltd_sim import defaults
 from ltd_sim.cost_model import CostModel
 from ltd_sim.errors import LTDError
-from ltd_sim.features import FeatureSpec, observe, step_stats
-from ltd_sim.trace import TraceSequence
+from ltd_sim.features import FeatureSpec, observe, pre_draft_observation, step_stats
+from ltd_sim.trace import Sampling, TraceSequence, sampling_of
 from ltd_sim.tree import accepted_length_table
 
 
@@ -41,6 +46,9 @@ class SimTables:
     top_k: int
     max_depth: int
     spec: FeatureSpec
+    sampling: tuple[Sampling, ...] = (Sampling(),)  # the settings the traces were recorded at
+    # float32 [P, F]: the observation before the first draft step (the "no draft" decision, D = 0)
+    feats0: np.ndarray | None = None
 
     @property
     def num_positions(self) -> int:
@@ -94,11 +102,13 @@ class SimTables:
                         arr[row, depth:] = arr[row, depth - 1]
                 dmax[row] = depth
                 row += 1
+        feats0 = np.stack([pre_draft_observation(int(c), spec) for c in context]).astype(np.float32)
         cost_tab = _cost_table(cost, vsize, context, top_k)
         ar_cost = np.array([cost.predict_cycle(0, 0, int(c), top_k) for c in context])
         seq_start = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
         return cls(acc, vsize, cost_tab, feats, conf, entropy, dmax, context, seq_start, seq_start + counts,
-                   ar_cost, tuple(int(v) for v in sizes), top_k, max_depth, spec)
+                   ar_cost, tuple(int(v) for v in sizes), top_k, max_depth, spec, tuple(sampling_of(traces)),
+                   feats0)
 
     def subset(self, seqs) -> "SimTables":
         """The tables of some sequences only (by sequence index)."""
@@ -108,7 +118,8 @@ class SimTables:
         start = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
         return SimTables(self.acc[rows], self.vsize[rows], self.cost[rows], self.feats[rows], self.conf[rows],
                          self.entropy[rows], self.dmax[rows], self.context[rows], start, start + counts,
-                         self.ar_cost[rows], self.grid, self.top_k, self.max_depth, self.spec)
+                         self.ar_cost[rows], self.grid, self.top_k, self.max_depth, self.spec, self.sampling,
+                         self.feats0[rows])
 
 
 def _cost_table(cost: CostModel, vsize: np.ndarray, context: np.ndarray, top_k: int) -> np.ndarray:
@@ -139,9 +150,20 @@ class SimResult:
         return float(self.tokens.sum() / self.cycles.sum())
 
 
+def cycle_outcome(t: SimTables, p: np.ndarray, d: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(draft tokens accepted, seconds) of cycles at positions p with depth d (0 = no draft) and size
+    index g; the one lookup that the replay, the envs and the serving simulation share."""
+    drafted = d >= 1
+    col = np.maximum(d, 1) - 1
+    a = np.where(drafted, t.acc[p, col, g].astype(np.int64), 0)
+    c = np.where(drafted, t.cost[p, col, g], t.ar_cost[p])
+    return a, c
+
+
 def simulate(t: SimTables, choose, feedback=None) -> SimResult:
     """Replay all sequences in lockstep. `choose(pos, seq) -> (depth [n], size index [n])` for the
-    sequences `seq` at positions `pos`; `feedback(seq, depth, accepted)` (optional) sees each cycle."""
+    sequences `seq` at positions `pos` (depth 0: no draft); `feedback(seq, depth, accepted)` (optional)
+    sees each cycle."""
     S = t.num_sequences
     pos = t.seq_start.copy()
     tokens, time, cycles = np.zeros(S, np.int64), np.zeros(S), np.zeros(S, np.int64)
@@ -149,12 +171,12 @@ def simulate(t: SimTables, choose, feedback=None) -> SimResult:
     while len(active):
         p = pos[active]
         d, g = choose(p, active)
-        d = np.clip(np.asarray(d, np.int64), 1, t.dmax[p])
-        g = np.asarray(g, np.int64)
-        a = t.acc[p, d - 1, g].astype(np.int64)
+        d = np.clip(np.asarray(d, np.int64), 0, t.dmax[p])
+        g = np.broadcast_to(np.asarray(g, np.int64), d.shape)
+        a, dt = cycle_outcome(t, p, d, g)
         c = np.minimum(a + 1, t.seq_end[active] - p)
         tokens[active] += c
-        time[active] += t.cost[p, d - 1, g]
+        time[active] += dt
         cycles[active] += 1
         pos[active] = p + c
         if feedback is not None:
@@ -171,12 +193,12 @@ def first_stop(stop: np.ndarray, dmax: np.ndarray) -> np.ndarray:
 
 
 def simulate_tables(t: SimTables, depth_at: np.ndarray, size_at: np.ndarray) -> SimResult:
-    """A stateless schedule: depth_at [P] and size index size_at [P, D] (or [P])."""
+    """A stateless schedule: depth_at [P] (0 = no draft) and size index size_at [P, D] (or [P])."""
     size_at = np.asarray(size_at)
 
     def choose(p, seq):
-        d = np.clip(depth_at[p], 1, t.dmax[p])
-        g = size_at[p, d - 1] if size_at.ndim == 2 else size_at[p]
+        d = np.clip(depth_at[p], 0, t.dmax[p])
+        g = size_at[p, np.maximum(d, 1) - 1] if size_at.ndim == 2 else size_at[p]
         return d, g
 
     return simulate(t, choose)
@@ -187,16 +209,21 @@ def simulate_static(t: SimTables, depth: int, size_index: int) -> SimResult:
     return simulate_tables(t, np.full(P, depth), np.full(P, size_index))
 
 
+NO_DRAFT = (0, 0)  # the static grid's "no draft" setting: D = 0 (V is moot: the root alone)
+
+
 def static_grid(t: SimTables) -> dict[tuple[int, int], SimResult]:
-    """Every static (D, V) of the grid."""
-    return {(d, v): simulate_static(t, d, g) for d in range(1, t.max_depth + 1) for g, v in enumerate(t.grid)}
+    """Every static (D, V) of the grid, and (0, 0): never draft (plain decoding, drafter loaded)."""
+    grid = {NO_DRAFT: simulate_static(t, 0, 0)}
+    grid.update({(d, v): simulate_static(t, d, g) for d in range(1, t.max_depth + 1) for g, v in enumerate(t.grid)})
+    return grid
 
 
 def oracle(t: SimTables) -> tuple[SimResult, np.ndarray, np.ndarray]:
     """The fastest schedule (dynamic programme over positions, same action set as the policies).
 
-    Returns its result and the chosen (depth [P], size index [P]) at every position (depth
-    optimal schedule never stands: 0 there)."""
+    Returns its result and the chosen (depth [P], size index [P]) at every position the optimal
+    schedule stands on; elsewhere, and where it does not draft (D = 0), depth is 0."""
     D, G = t.max_depth, len(t.grid)
     best_d = np.zeros(t.num_positions, np.int64)
     best_g = np.zeros(t.num_positions, np.int64)
@@ -211,6 +238,9 @@ def oracle(t: SimTables) -> tuple[SimResult, np.ndarray, np.ndarray]:
         # Depths beyond a cut tree's depth repeat its deepest entries; keep the real ones only.
         valid = (np.arange(D)[None, :] < t.dmax[a:b, None]).repeat(G, axis=1)
         cost = np.where(valid, cost, np.inf)
+        # the last column: no draft (D = 0), one token at the plain decoding step's cost
+        acc = np.concatenate((acc, np.zeros((n, 1), np.int64)), axis=1)
+        cost = np.concatenate((cost, t.ar_cost[a:b, None]), axis=1)
         choice = np.zeros(n, np.int64)
         for i in range(n - 1, -1, -1):
             nxt = i + np.minimum(acc[i] + 1, n - i)
@@ -220,7 +250,8 @@ def oracle(t: SimTables) -> tuple[SimResult, np.ndarray, np.ndarray]:
         i = 0
         while i < n:
             j = choice[i]
-            best_d[a + i], best_g[a + i] = j // G + 1, j % G
+            if j < D * G:  # else D = 0: best_d stays 0
+                best_d[a + i], best_g[a + i] = j // G + 1, j % G
             i += min(int(acc[i, j]) + 1, n - i)
             cycles[s] += 1
         tokens[s], time[s] = n, best[0]

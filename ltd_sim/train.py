@@ -165,7 +165,7 @@ def _pretrain(train: SimTables, val: SimTables, out_dir: str | Path, cfg: Pretra
                 save_policies(out / "policies", models["depth"], models["size"], train.spec,
                               {"reward": cfg.reward, "phase": phase, "val_tokens_per_s": res.tokens_per_s,
                                "val_best_static_tokens_per_s": val_static, "config": cfg.to_json(),
-                               **(extra_spec or {})})
+                               "sampling": [x.to_json() for x in train.sampling], **(extra_spec or {})})
         state["done"].append(phase)
         state["seconds"] += record["seconds"]
         state.setdefault("phases", []).append(record)

@@ -25,8 +25,11 @@ from profiler.fit import ARGS, FEATURES, predict_params
 FORMAT_VERSION = 1
 KIND = "ltd-cost-model"
 COMPONENTS = ("draft_step", "verify", "overhead", "batch_forward")
-#: fingerprint fields that must match for a model to describe this machine and these models
-MATCH_FIELDS = ("device", "torch", "dtype", "target", "draft")
+#: fingerprint fields that must match for a model to describe this machine and these models; a device
+#: is whatever changes the cost curves: the hardware, the torch threads and the dtype
+MATCH_FIELDS = ("device", "threads", "torch", "dtype", "target", "draft")
+#: the fields that name a device (what a policy records about where it was made)
+DEVICE_FIELDS = ("device", "threads", "dtype", "torch")
 
 
 def device_name(device) -> str:
@@ -51,15 +54,39 @@ def make_fingerprint(device, dtype, target: str, draft: str, draft_weights: str 
                      **extra) -> dict:
     import torch
 
-    return {"device": device_name(device), "torch": torch.__version__, "dtype": str(dtype).replace("torch.", ""),
+    return {"device": device_name(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "dtype": str(dtype).replace("torch.", ""),
             "target": target, "draft": draft, "draft_weights": draft_weights, "top_k": int(top_k),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **extra}
 
 
 def fingerprint_mismatch(have: dict, expect: dict) -> list[str]:
     """The MATCH_FIELDS on which `have` differs from `expect` (fields `expect` leaves out are not checked)."""
-    return [f"{k}: profiled {have.get(k)!r}, current {expect[k]!r}"
+    return [f"{k}: profiled {have[k]!r}, current {expect[k]!r}" if k in have else
+            f"{k}: not recorded (an older profile), current {expect[k]!r}"
             for k in MATCH_FIELDS if k in expect and expect[k] is not None and have.get(k) != expect[k]]
+
+
+def device_of(fingerprint: dict) -> dict:
+    """The device part of a fingerprint (hardware, threads, dtype, torch)."""
+    return {k: fingerprint[k] for k in DEVICE_FIELDS if k in fingerprint}
+
+
+def device_label(fingerprint: dict) -> str:
+    d = device_of(fingerprint)
+    return f"{d.get('device', '?')}, {d.get('threads', '?')} threads, {d.get('dtype', '?')}"
+
+
+def device_mismatch(made_for: dict | None, here: dict, what: str = "these policies") -> str | None:
+    """One line when `what` was made for another device than `here` (None when they match, or when
+    `made_for` records no device: an artifact from before devices were recorded)."""
+    if not made_for:
+        return None
+    diffs = [k for k in DEVICE_FIELDS if k in made_for and k in here and made_for[k] != here[k]]
+    if not diffs:
+        return None
+    return (f"note: {what} were made for {device_label(made_for)}; this run is on {device_label(here)} "
+            f"(differs in {', '.join(diffs)}; `ltd port` re-profiles and retrains for this device)")
 
 
 class FittedCostModel:

@@ -7,7 +7,8 @@ action; the other control point is the frozen partner policy. The two threads st
 so PPO's own work never overlaps decoding, and the time the decoder spends waiting in the bridge is
 subtracted from the cycle's measured time.
 
-- depth env: one step = one draft-step decision (CONTINUE/STOP) after steps 1.. max_depth - 1;
+- depth env: one step = one draft-step decision (CONTINUE/STOP) after steps 1.. max_depth - 1, and
+  (feature set paper_v2) the decision before step 1, where STOP is "no draft" (D = 0);
 - size env: one step = one cycle's V (an index into the policy's size grid);
 - an episode is one generation (one training prompt, greedy), as in the simulator.
 
@@ -46,7 +47,7 @@ from gymnasium import spaces
 from ltd_sim.io import write_json
 from ltd_sim.envs import REWARDS
 from ltd_sim.errors import LTDError
-from ltd_sim.features import FeatureSpec, observe
+from ltd_sim.features import FeatureSpec, observe, pre_draft_tree
 from ltd_sim.policy import STOP, Policies, PolicyController, load_policies, save_policies
 from ltd_sim.trace import split_prompts
 from realrun.decoder import DecodeConfig, generate
@@ -58,6 +59,14 @@ RATE_PROMPTS = 2  # training prompts whose measured decode rate (starting polici
 DEFAULT_STEPS = 256  # env steps when neither --steps nor --minutes is given
 
 
+def pair_device(pair) -> dict:
+    """The device the pair decodes on (hardware, threads, dtype, torch): what policies record."""
+    from profiler.model import device_of, make_fingerprint
+
+    param = next(pair.target.model.parameters())
+    return device_of(make_fingerprint(param.device, param.dtype, "", ""))
+
+
 # --------------------------------------------------------------------------------------------
 # The real-decoder env
 # --------------------------------------------------------------------------------------------
@@ -66,11 +75,21 @@ class _Abort(Exception):
     """Raised inside the decoder thread to end a generation the env no longer wants."""
 
 
+class NoDecision(LTDError):
+    """No training prompt asks the control point anything (e.g. the size policy, when the frozen depth
+    policy never drafts: D = 0 everywhere leaves no V to choose)."""
+
+
 class _Bridge:
     """The control point under training: asks the env (and so PPO) for every decision."""
 
     def __init__(self, env: "RealDecoderEnv"):
         self.env = env
+
+    def should_draft(self, context_len: int) -> bool:
+        if not self.env.spec.asks_before_draft:  # a paper_v1 policy always drafts
+            return True
+        return self.env._ask(pre_draft_tree(), context_len) != STOP
 
     def should_continue(self, tree, context_len: int) -> bool:
         return self.env._ask(tree, context_len) != STOP
@@ -188,7 +207,8 @@ class RealDecoderEnv(gym.Env):
                 self._last = obs
                 return obs, info
             self._thread = None  # a generation without one decision: take the next prompt
-        raise LTDError("no training prompt gives the policy a decision (generations too short?)")
+        raise NoDecision("no training prompt gives the policy a decision (generations too short, or the "
+                         "frozen depth policy never drafts?)")
 
     def step(self, action):
         if self._thread is None:
@@ -316,7 +336,7 @@ def run_finetune(pair, policy_dir, out_dir, prompts, steps: int | None = None, m
     phases = cfg.phases()
     budget = {"steps": steps} if steps is not None else {"minutes": minutes}
     per_phase = None if steps is None else math.ceil(steps / len(phases) / cfg.n_steps) * cfg.n_steps
-    base_info = start_policies.extras()
+    base_info = {**start_policies.extras(), "device": pair_device(pair)}  # fine-tuned here: made for this device
 
     def save(path: Path, models: dict, extra: dict) -> None:
         save_policies(path, models["depth"], models["size"], spec, {**base_info, **extra})
@@ -374,7 +394,12 @@ def run_finetune(pair, policy_dir, out_dir, prompts, steps: int | None = None, m
                     break
                 if steps is None and state["phase_steps"] > 0 and elapsed() >= end_s:
                     break
-                model.learn(total_timesteps=cfg.n_steps, reset_num_timesteps=False, tb_log_name=f"ft_{kind}")
+                try:
+                    model.learn(total_timesteps=cfg.n_steps, reset_num_timesteps=False, tb_log_name=f"ft_{kind}")
+                except NoDecision as exc:  # nothing to learn in this phase: go on to the next one
+                    with tqdm.external_write_mode(file=sys.stderr):
+                        log(f"  {name:14s} skipped: {exc}")
+                    break
                 state["steps"] += cfg.n_steps
                 state["phase_steps"] += cfg.n_steps
                 state["seconds"] = elapsed()

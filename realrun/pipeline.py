@@ -3,9 +3,10 @@
     draft head -> profile -> trace -> pretrain (simulator) -> sim eval -> finetune (real decoder) -> bench -> report
 
 Each stage writes its artifact under the run directory and a marker `stages/NAME.json` holding the
-stage's configuration (its budget and the digests of the artifacts it read). A stage whose marker
-matches is skipped, so a rerun after an interruption continues where it stopped, and a stage reruns
-when anything upstream changed. Stages that take long resume inside themselves too (the draft build,
+stage's configuration (its budget, the digests of the artifacts it read, and the device setting it
+ran on: torch threads and dtype). A stage whose marker matches is skipped, so a rerun after an
+interruption continues where it stopped, and a stage reruns when anything upstream changed or when
+the run's device differs from the one the stage ran on (rerun, never reused). Stages that take long resume inside themselves too (the draft build,
 trace recording per prompt, PPO phases).
 """
 
@@ -80,7 +81,17 @@ class Pipeline:
     log: Callable[[str], None] = print
     summaries: dict = field(default_factory=dict)
     head: Path | None = None  # the EAGLE-3 head every stage uses (set by `draft_head`)
+    dtype: str | None = None  # the target's dtype (None/"auto": float32 on CPU); threads: the process's
     _pair: object = None  # the real decoder's models, loaded once for the stages that run it
+
+    @property
+    def device(self) -> dict:
+        """The device setting every stage runs on, in its marker: a change reruns the stage."""
+        import torch
+
+        from profiler.device import dtype_name
+
+        return {"threads": torch.get_num_threads(), "dtype": dtype_name(self.dtype)}
 
     @property
     def cost_path(self) -> Path:
@@ -118,17 +129,20 @@ class Pipeline:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.head = self.draft_head()
         head_digest = digest(self.head / "model.safetensors")
-        self.stage("profile", {"preset": b.profile_preset, "head": head_digest}, self.profile)
-        self.stage("trace", {"prompts": b.trace_prompts, "tokens": b.trace_tokens, "head": head_digest}, self.trace)
+        dev = self.device
+        self.stage("profile", {"preset": b.profile_preset, "head": head_digest, "device": dev}, self.profile)
+        # greedy traces depend on the dtype (numerics), not on the thread count
+        self.stage("trace", {"prompts": b.trace_prompts, "tokens": b.trace_tokens, "head": head_digest,
+                             "dtype": dev["dtype"]}, self.trace)
         inputs = {"traces": digest(self.trace_dir), "cost": digest(self.cost_path)}
         sim_policy = Path(self.stage("pretrain", {"budget": asdict(b), **inputs}, self.pretrain)["policies"])
         self.stage("sim_eval", {"policies": digest(sim_policy), **inputs}, lambda: self.sim_eval(sim_policy))
-        grid = grid_setting(self.stage("grid", {"trials": b.grid_trials, **inputs}, self.grid))
+        grid = grid_setting(self.stage("grid", {"trials": b.grid_trials, "device": dev, **inputs}, self.grid))
         ltd_policy = self.run_dir / "finetune" / "policies"
-        self.stage("finetune", {"minutes": b.finetune_minutes, "policies": digest(sim_policy)},
+        self.stage("finetune", {"minutes": b.finetune_minutes, "policies": digest(sim_policy), "device": dev},
                    lambda: self.finetune(sim_policy))
         self.stage("bench", {"budget": asdict(b), "ltd": digest(ltd_policy), "sim": digest(sim_policy),
-                             "grid": list(grid)}, lambda: self.bench(sim_policy, ltd_policy, grid))
+                             "grid": list(grid), "device": dev}, lambda: self.bench(sim_policy, ltd_policy, grid))
         write_report(self.run_dir, b, self.summaries)
         return self.summaries
 
@@ -161,8 +175,8 @@ class Pipeline:
     def profile(self) -> dict:
         from realrun.probes import run_profile
 
-        model = run_profile(self.target, str(self.head), "eagle3", preset=self.budget.profile_preset,
-                            out=self.run_dir, force=True, log=self.log).model
+        model = run_profile(self.target, str(self.head), "eagle3", dtype=self.dtype,
+                            preset=self.budget.profile_preset, out=self.run_dir, force=True, log=self.log).model
         return {"cost_model": str(self.cost_path), "cv_error": model.cv_errors()}
 
     def trace(self) -> dict:
@@ -171,19 +185,21 @@ class Pipeline:
         from realrun.prompts import default_trace_prompts
         from realrun.record import record_prompts
 
-        pair = load_pair(self.target, str(self.head), "eagle3")
+        pair = load_pair(self.target, str(self.head), "eagle3", dtype=self.dtype)
         return record_prompts(pair, default_trace_prompts(self.budget.trace_prompts), self.trace_dir,
-                              lambda t: encode_prompt(pair.target.tokenizer, t), self.budget.trace_tokens)
+                              lambda t: encode_prompt(pair.target.tokenizer, t), self.budget.trace_tokens,
+                              info=trace_origin(pair, self.head))
 
     def pretrain(self) -> dict:
         from ltd_sim.train import PretrainConfig, pretrain
-        from realrun.simulate import load_tables
+        from realrun.simulate import cost_device, load_tables
 
         b = self.budget
         traces, cost = str(self.trace_dir), str(self.cost_path)
         cfg = PretrainConfig(stage1_steps=b.stage1_steps, stage2_steps=b.stage2_steps, rounds=b.rounds)
         result = pretrain(load_tables(traces, cost, "train"), load_tables(traces, cost, "val"),
-                          self.run_dir / "pretrain", cfg, log=self.log, extra_spec={"traces": traces, "cost": cost})
+                          self.run_dir / "pretrain", cfg, log=self.log,
+                          extra_spec={"traces": traces, "cost": cost, "device": cost_device(cost)})
         return {"policies": str(result.out_dir / "policies"), "best_phase": result.best_phase,
                 "val_tokens_per_s": result.val_tokens_per_s, "val_best_static": result.val_best_static}
 
@@ -199,7 +215,7 @@ class Pipeline:
         if self._pair is None:
             from realrun.loading import load_pair
 
-            self._pair = load_pair(self.target, str(self.head), "eagle3")
+            self._pair = load_pair(self.target, str(self.head), "eagle3", dtype=self.dtype)
         return self._pair
 
     def encoded_trace_prompts(self) -> list[list[int]]:
@@ -238,6 +254,26 @@ class Pipeline:
                 "headline_rate": report["settings"]["headline_rate"]}
 
 
+def trace_origin(pair, head: Path) -> dict:
+    """What traces depend on, for the manifest: the target's and the drafter's weight digests and the
+    dtype. `ltd port` reuses traces only where all three match."""
+    from profiler.device import dtype_name
+
+    param = next(pair.target.model.parameters())
+    return {"target_digest": weights_digest(Path(pair.target.path)), "draft_digest": digest(head / "model.safetensors"),
+            "dtype": dtype_name(str(param.dtype))}
+
+
+def weights_digest(model_dir: Path) -> str:
+    """Digest of a model folder's weights and config (what its greedy outputs depend on)."""
+    files = sorted(model_dir.glob("*.safetensors")) + [model_dir / "config.json"]
+    h = hashlib.sha256()
+    for f in files:
+        if f.is_file():
+            h.update(digest(f).encode())
+    return h.hexdigest()[:16]
+
+
 def grid_setting(summary: dict) -> tuple[int, int]:
     """The grid baseline's (D, V): the best setting measured on the real decoder, else simulated."""
     chosen = summary.get("chosen") or summary.get("best_params")
@@ -254,6 +290,9 @@ def write_report(run_dir: Path, budget: StageBudget, summaries: dict) -> Path:
     lines = [f"# LTD pipeline report: `{run_dir.name}`", "",
              f"- budget: **{budget.name}** ({', '.join(f'{k}={v}' for k, v in asdict(budget).items() if k != 'name')})",
              f"- device: {device}", ""]
+    advice = recommendation(summaries)
+    if advice:
+        lines += ["## Recommendation", "", advice, ""]
     lines += ["## Stages", "", "| stage | seconds | skipped |", "|---|---:|---|"]
     for name, s in summaries.items():
         lines.append(f"| {name} | {s.get('seconds', 0.0):.0f} | {'yes' if s.get('skipped') else 'no'} |")
@@ -284,21 +323,47 @@ def write_report(run_dir: Path, budget: StageBudget, summaries: dict) -> Path:
         lines += ["", "Plots and per-category tables: [bench/report.md](bench/report.md)."]
     text = "\n".join(lines) + "\n"
     write_bytes(run_dir / "report.md", text.encode())
-    write_json(run_dir / "report.json", {"budget": asdict(budget), "device": device, "stages": summaries})
+    write_json(run_dir / "report.json", {"budget": asdict(budget), "device": device, "recommendation": advice,
+                                         "stages": summaries})
     return run_dir / "report.md"
+
+
+def recommendation(summaries: dict) -> str | None:
+    """The plain answer: which method is fastest on this device with this drafter (measured by the
+    bench, end-to-end rate), and how often LTD falls back to plain decoding (its simulated cycles)."""
+    from realrun.measure import END_TO_END_RATE
+
+    bench = summaries.get("bench", {}).get("methods", {})
+    rates = {n: r[END_TO_END_RATE] for n, r in bench.items() if n in ("ar", "grid", "ltd") and r.get(END_TO_END_RATE)}
+    if "ar" not in rates:
+        return None
+    share = summaries.get("sim_eval", {}).get("methods", {}).get("ltd", {}).get("no_draft_share")
+    fallback = "" if share is None else f"; LTD falls back to it (no draft, D = 0) in {100 * share:.0f}% of cycles"
+    grid = bench.get("grid", {}).get("settings", {})
+    plain_grid = grid.get("depth") == 0
+    best = max(rates, key=rates.get)
+    if best == "ar" or (best == "grid" and plain_grid):
+        return (f"On this device, with this drafter, plain decoding is fastest ({rates['ar']:.1f} tokens/s "
+                f"end-to-end){fallback}" + (" and the grid search chose no draft (D = 0)" if plain_grid else "") + ".")
+    name = {"grid": "the grid's static setting", "ltd": "LTD"}[best]
+    setting = f" (D {grid.get('depth')}, V {grid.get('size')})" if best == "grid" else ""
+    return (f"On this device, with this drafter, {name}{setting} is fastest: {rates[best]:.1f} tokens/s end-to-end, "
+            f"{rates[best] / rates['ar']:.2f}x plain decoding{fallback}.")
 
 
 def _device_line(run_dir: Path) -> str:
     try:
         fp = json.loads((run_dir / "cost_model.json").read_text()).get("fingerprint", {})
-        return ", ".join(f"{k} {fp[k]}" for k in ("device", "torch", "dtype") if k in fp) or "unknown"
+        return ", ".join(f"{k} {fp[k]}" for k in ("device", "threads", "torch", "dtype") if k in fp) or "unknown"
     except (OSError, ValueError):
         return "unknown"
 
 
-def run_pipeline(run_dir: Path, budget_name: str, target: str | None = None, draft: str | None = None) -> Path:
-    """Run (or resume) every stage in `run_dir` at the named budget; returns the report's path. A run folder
-    keeps the budget it was made with."""
+def run_pipeline(run_dir: Path, budget_name: str, target: str | None = None, draft: str | None = None,
+                 dtype: str | None = None) -> Path:
+    """Run (or resume) every stage in `run_dir` at the named budget, on this process's threads (see
+    `profiler.device.pin_threads`) and `dtype`; returns the report's path. A run folder keeps the budget
+    it was made with."""
     budget = BUDGETS[budget_name]
     if run_dir.exists() and not run_dir.is_dir():
         raise LTDError(f"--out {run_dir} exists and is not a directory")
@@ -309,5 +374,5 @@ def run_pipeline(run_dir: Path, budget_name: str, target: str | None = None, dra
             raise LTDError(f"{run_dir} was made with the {made_with!r} budget; use another --out for a "
                            f"{budget.name!r} run")
     write_json(marker, asdict(budget))
-    Pipeline(run_dir, budget, target, draft).run()
+    Pipeline(run_dir, budget, target, draft, dtype=dtype).run()
     return run_dir / "report.md"

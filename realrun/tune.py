@@ -6,10 +6,12 @@ the static grid (the strong "EAGLE-3 + grid search" baseline).
   simulated throughput of the best pair on the validation traces. The best `confirm` trials are then
   decoded on the real decoder (held-out prompts) and the one with the best measured decode rate is
   copied to OUT/policies (the best simulated one when nothing is confirmed).
-- `grid`: each trial is one static (D, V); its objective is the simulated throughput on the train and
-  val traces (never the test fifth). The best `confirm` settings are measured on the real decoder and
-  the one with the best decode rate is written to OUT/grid.json (format below), which `ltd bench
-  --grid-from` reads.
+- `grid`: each trial is one static (D, V), D >= 1; its objective is the simulated throughput on the
+  train and val traces (never the test fifth). The "no draft" setting (D = 0, V = 0: plain decoding
+  with the drafter loaded) joins the ranking without a trial (it has one value), and is always among
+  the settings measured, so the grid is never chosen below plain decoding on this device. The best
+  `confirm` settings are measured on the real decoder and the one with the best decode rate is
+  written to OUT/grid.json (format below), which `ltd bench --grid-from` reads.
 
 Measurements go through `realrun.measure` and report both rates by their names: the decode rate
 (prefill excluded; the simulator's quantity, so confirmation selects on it) and the end-to-end rate
@@ -38,6 +40,7 @@ from ltd_sim.errors import LTDError
 from ltd_sim.io import write_json
 from ltd_sim.trace import split_prompts
 from realrun.measure import DECODE_RATE, END_TO_END_RATE, measure_many
+from realrun.simulate import cost_device
 
 KINDS = ("ppo", "grid")
 DEFAULT_TRIALS = {"grid": 120, "ppo": 8}  # grid: more than its 8 x 13 settings, so the GridSampler covers it
@@ -173,6 +176,8 @@ def run_tune(kind: str, traces, cost, out_dir, trials: int | None = None, storag
     st = _retry(lambda: optuna.create_study(study_name=name, storage=store, direction="maximize", sampler=sampler,
                                             load_if_exists=True), f"cannot open study {name!r}")
 
+    device = cost_device(str(cost))  # what the trials' policies record as the device they were made for
+
     def objective(trial):
         trial.set_user_attr("worker", worker)
         if kind == "grid":
@@ -186,7 +191,8 @@ def run_tune(kind: str, traces, cost, out_dir, trials: int | None = None, storag
         cfg, norm = suggest_pretrain(trial, trial_steps)
         tdir = out / "trials" / f"trial_{trial.number:05d}"
         res = pretrain(tables.get("train", norm), tables.get("val", norm), tdir, cfg, log=lambda m: None,
-                       extra_spec={"traces": str(traces), "cost": str(cost), "optuna_trial": trial.number})
+                       extra_spec={"traces": str(traces), "cost": str(cost), "optuna_trial": trial.number,
+                                   "device": device})
         trial.set_user_attr("policies", str(tdir / "policies"))
         trial.set_user_attr("val_best_static_tokens_per_s", res.val_best_static)
         return res.val_tokens_per_s
@@ -213,6 +219,8 @@ def run_tune(kind: str, traces, cost, out_dir, trials: int | None = None, storag
 
 
 def _finish_grid(ranked, tv, confirm, pair, prompts, max_new, out: Path, summary: dict, log) -> dict:
+    from ltd_sim.sim import NO_DRAFT, simulate_static
+
     seen, candidates = set(), []
     for t in ranked:
         key = (int(t.params["depth"]), int(t.params["size"]))
@@ -220,7 +228,11 @@ def _finish_grid(ranked, tv, confirm, pair, prompts, max_new, out: Path, summary
             seen.add(key)
             candidates.append({"depth": key[0], "size": key[1], "simulated_tokens_per_s": t.value,
                                MEASURED_DECODE: None, MEASURED_END_TO_END: None})
-    candidates = candidates[:max(confirm, 1)]
+    no_draft = {"depth": NO_DRAFT[0], "size": NO_DRAFT[1], "simulated_tokens_per_s":
+                simulate_static(tv, 0, 0).tokens_per_s, MEASURED_DECODE: None, MEASURED_END_TO_END: None}
+    candidates = sorted(candidates + [no_draft], key=lambda c: -c["simulated_tokens_per_s"])[:max(confirm, 1)]
+    if confirm and no_draft not in candidates:  # measured too: the grid never picks below plain decoding
+        candidates.append(no_draft)
     if confirm:  # the candidates measured side by side, interleaved prompt by prompt
         from ltd_sim.control import StaticDepth, StaticSize
         from realrun.decoder import DecodeConfig

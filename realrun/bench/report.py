@@ -151,7 +151,8 @@ def plot_report(report: dict) -> dict[str, bytes]:
     ax.set_xlabel("draft position")
     ax.set_ylabel("P(accepted)")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # no method drafted (plain decoding everywhere): nothing to label
+        ax.legend(fontsize=8)
     ax.set_title("per-position acceptance", fontsize=9)
     out["acceptance.png"] = _png(fig)
     plt.close(fig)

@@ -30,7 +30,9 @@ DRAFTER_METHODS = ("eagle3", "grid", "ltd-sim", "ltd")
 PEER_METHODS = ("eagle3", "hf-assisted")
 #: the rate of the headline tokens/s, speedups and paired ratios (docs/bench.md, "Which rate")
 HEADLINE_RATE = END_TO_END_RATE
-# The measured grid sweep: a coarse grid of D <= V <= top_k * D, then the neighbours of the best few.
+# The measured grid sweep: no draft (D = 0), a coarse grid of D <= V <= top_k * D, then the neighbours
+# of the best few; no draft is measured in both stages, so the sweep never picks below plain decoding.
+NO_DRAFT = (0, 0)
 SWEEP_DEPTHS = (1, 2, 3, 4, 6, 8)
 SWEEP_SIZES = (1, 2, 4, 8, 16, 32, 60)
 SWEEP_QUESTIONS = 2
@@ -56,14 +58,14 @@ def parse_methods(spec: str | list[str] | tuple[str, ...]) -> list[str]:
 
 
 def parse_grid(spec) -> tuple[int, int]:
-    """(D, V) from "D,V" or a pair, within the decoder's bounds."""
+    """(D, V) from "D,V" or a pair, within the decoder's bounds; D = 0 is "no draft" (V moot: 0)."""
     try:
         d, v = (int(x) for x in (spec.split(",") if isinstance(spec, str) else spec))
     except (ValueError, TypeError):
         raise LTDError(f"--grid takes D,V (two integers: draft depth and tree tokens verified), got {spec!r}") from None
-    if not 1 <= d <= defaults.MAX_DEPTH_LIMIT or v < 0:
-        raise LTDError(f"--grid D,V needs 1 <= D <= {defaults.MAX_DEPTH_LIMIT} and V >= 0, got {d},{v}")
-    return d, v
+    if not 0 <= d <= defaults.MAX_DEPTH_LIMIT or v < 0:
+        raise LTDError(f"--grid D,V needs 0 <= D <= {defaults.MAX_DEPTH_LIMIT} and V >= 0, got {d},{v}")
+    return (d, v) if d >= 1 else NO_DRAFT
 
 
 def grid_from_file(path: str | os.PathLike) -> tuple[int, int]:
@@ -171,15 +173,19 @@ def policy_method(name: str, pair, policy_dir, max_new: int) -> DecoderMethod:
     ctrl = PolicyController(policy_dir)
     spec = ctrl.spec
     cfg = DecodeConfig(max_new_tokens=max_new, top_k=spec.top_k, max_depth=spec.max_depth)
-    return DecoderMethod(name, pair, pair.drafter, cfg, lambda: (ctrl, ctrl),
+    # policies that never draft here decode without the drafter: plain decoding, nothing to catch up on
+    never = pair.drafter is not None and ctrl.never_drafts(pair.context_limit)
+    return DecoderMethod(name, pair, None if never else pair.drafter, cfg, lambda: (ctrl, ctrl),
                          {"policy": str(policy_dir), "top_k": spec.top_k, "max_depth": spec.max_depth,
-                          "size_grid": list(spec.size_grid)})
+                          "size_grid": list(spec.size_grid), "features": spec.name,
+                          "made_for": ctrl.info.get("device"), "never_drafts": never})
 
 
 def static_method(name: str, pair, depth: int, size: int, max_new: int, top_k: int = defaults.TOP_K) -> DecoderMethod:
-    """A static (D, V) on our decoder."""
-    cfg = DecodeConfig(max_new_tokens=max_new, top_k=top_k, max_depth=depth)
-    return DecoderMethod(name, pair, pair.drafter, cfg, lambda: (StaticDepth(depth), StaticSize(size)),
+    """A static (D, V) on our decoder; D = 0 never drafts, so it decodes without the drafter (plain
+    decoding: no hidden states kept for a catch-up that never comes)."""
+    cfg = DecodeConfig(max_new_tokens=max_new, top_k=top_k, max_depth=max(depth, 1))
+    return DecoderMethod(name, pair, pair.drafter if depth >= 1 else None, cfg, lambda: (StaticDepth(depth), StaticSize(size)),
                          {"top_k": top_k, "depth": depth, "size": size})
 
 
@@ -208,7 +214,7 @@ def build_methods(pair, cfg: BenchConfig) -> dict[str, Method]:
 # --------------------------------------------------------------------------------------------
 
 def sweep_candidates(top_k: int = defaults.TOP_K) -> list[tuple[int, int]]:
-    return [(d, v) for d in SWEEP_DEPTHS for v in SWEEP_SIZES if d <= v <= top_k * d]
+    return [NO_DRAFT] + [(d, v) for d in SWEEP_DEPTHS for v in SWEEP_SIZES if d <= v <= top_k * d]
 
 
 def _neighbours(d: int, v: int, top_k: int) -> list[tuple[int, int]]:
@@ -238,7 +244,7 @@ def sweep_grid(pair, questions: list[Question], max_new: int, top_k: int = defau
         rows[c] = {"depth": c[0], "size": c[1], f"stage1_{DECODE_RATE}": m.decode_tokens_per_s,
                    f"stage1_{END_TO_END_RATE}": m.end_to_end_tokens_per_s}
     best = sorted(rows, key=lambda c: -rows[c][f"stage1_{HEADLINE_RATE}"])[:keep]
-    stage2 = list(dict.fromkeys(best + _neighbours(*best[0], top_k)))
+    stage2 = list(dict.fromkeys(best + _neighbours(*best[0], top_k) + [NO_DRAFT]))
     for c in stage2:
         m = measure(c, questions)
         rows.setdefault(c, {"depth": c[0], "size": c[1]}).update(
@@ -339,7 +345,14 @@ def run_bench(pair, questions: list, cfg: BenchConfig | None = None, out_dir: st
     built = {n: built[n] for n in names}
 
     draft_name = str(pair.draft_path.name) if getattr(pair, "draft_path", None) else (pair.draft_kind or None)
+    from profiler.model import device_mismatch
+
     fingerprint = device_fingerprint(pair, draft_name)
+    for name, m in built.items():  # policies made for another device say so, in one line
+        note = device_mismatch(getattr(m, "settings", {}).get("made_for"), fingerprint, f"the {name} policies")
+        if note:
+            log(note)
+            m.settings["device_note"] = note
     for m in built.values():  # first-call costs (allocations, kernels) belong to no timed run
         for w in range(cfg.warmups):
             m(qs[w % len(qs)].prompt_ids)

@@ -23,6 +23,7 @@ SUBCOMMANDS = [
     "realrun.cli.finetune",  # finetune
     "realrun.cli.tune",  # tune grid, tune ppo
     "realrun.cli.pipeline",  # pipeline
+    "realrun.cli.port",  # port
 ]
 
 

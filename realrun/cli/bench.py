@@ -40,7 +40,8 @@ def add_parser(sub) -> None:
     p.add_argument("--warmups", type=int, default=1)
     p.add_argument("--out", default=None, help="folder for report.md, report.json, plots/ (default: no files)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: every core; on a loaded machine 1 is far faster)")
+                   help="run on N cores with N torch threads: the device setting (default: every core; "
+                        "on a loaded machine 1 is far faster)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
@@ -54,6 +55,7 @@ def cmd_bench(args) -> int:
         read_questions,
         run_bench,
     )
+    from profiler.device import pin_threads
     from realrun.loading import load_pair, set_threads
     from realrun.measure import END_TO_END_RATE
 
@@ -64,6 +66,7 @@ def cmd_bench(args) -> int:
                       sweep_tokens=args.sweep_tokens, peer_questions=args.peer_questions).validate()
     cats = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
     records = read_questions(args.questions, cats, args.limit)
+    pin_threads(args.threads)
     set_threads(args.threads)
     pair = load_pair(args.target, cfg.draft_for(args.draft), args.draft_kind, args.device, args.dtype)
     questions = encode_questions(records, pair.target.tokenizer)

@@ -7,12 +7,13 @@ import sys
 
 
 def add_parser(sub) -> None:
-    from realrun.cli.options import add_decode_options
+    from realrun.cli.options import add_decode_options, add_threads_option
     from realrun.finetune import DEFAULT_STEPS, FinetuneConfig
 
     d = FinetuneConfig()
     p = sub.add_parser("finetune", help="fine-tune LTD policies with PPO on the real decoder")
     add_decode_options(p)
+    add_threads_option(p)
     p.add_argument("--policy", required=True, help="policy folder to start from (from `ltd pretrain`: OUT/policies)")
     p.add_argument("--out", required=True, help="run folder: policies/ (best validated), checkpoints/, state.json, tb/")
     p.add_argument("--prompts", required=True,
@@ -38,6 +39,7 @@ def add_parser(sub) -> None:
 
 def cmd_finetune(args) -> int:
     from ltd_sim.trace import split_prompts
+    from profiler.device import pin_threads
     from realrun.finetune import FinetuneConfig, check_options, run_finetune
     from realrun.loading import load_pair, set_threads
     from realrun.measure import encode_prompts
@@ -50,6 +52,7 @@ def cmd_finetune(args) -> int:
                                    has_draft=args.draft is not None, resume=args.resume)
     prompts = read_prompts(args.prompts, args.limit)
     split_prompts(prompts)  # too few prompts fail before the models load
+    pin_threads(args.threads)
     set_threads()
     pair = load_pair(args.target, args.draft, args.draft_kind, args.device, args.dtype)
     ids = encode_prompts(pair, prompts, chat=not args.no_chat)

@@ -11,3 +11,10 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft-kind", choices=["lm", "eagle3"], default=None)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 (default: fp32 on CPU, bf16 on CUDA)")
+
+
+def add_threads_option(p: argparse.ArgumentParser) -> None:
+    """--threads N: run as an N-core device (CPU affinity and torch threads; part of the fingerprint)."""
+    p.add_argument("--threads", type=int, default=None,
+                   help="run on N cores with N torch threads: the device setting fingerprints record "
+                        "(default: every core)")

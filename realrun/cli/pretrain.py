@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
 def cmd_pretrain(args) -> int:
     from ltd_sim.errors import LTDError
     from ltd_sim.train import PretrainConfig, pretrain
-    from realrun.simulate import load_tables
+    from realrun.simulate import cost_device, load_tables
 
     for name in ("stage1_steps", "stage2_steps"):
         if getattr(args, name) < 1:
@@ -40,7 +40,8 @@ def cmd_pretrain(args) -> int:
     val = load_tables(args.traces, args.cost, "val")
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
     result = pretrain(train, val, args.out, cfg, log=log,
-                      extra_spec={"traces": str(args.traces), "cost": str(args.cost)})
+                      extra_spec={"traces": str(args.traces), "cost": str(args.cost),
+                                  "device": cost_device(args.cost)})
     if args.json:
         print(json.dumps({"policies": str(result.out_dir / "policies"), "best_phase": result.best_phase,
                           "val_tokens_per_s": result.val_tokens_per_s,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
+    from realrun.cli.options import add_threads_option
+
     p = sub.add_parser("profile", help="profile the decoder's phases on this device; fit and save a cost model")
     p.add_argument("--target", default=None, help="local Hugging Face model dir (default: SmolLM2-135M-Instruct)")
     p.add_argument("--draft", default=None,
@@ -15,6 +17,7 @@ def add_parser(sub) -> None:
                    help="sweep size (default: full, or quick with --quick)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 (default: fp32 on CPU, bf16 on CUDA)")
+    add_threads_option(p)
     p.add_argument("--force", action="store_true", help="re-profile over an existing cost model")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--refit", action="store_true", help="refit and re-plot from --out's measurements.json (no timing)")
@@ -25,12 +28,14 @@ def cmd_profile(args) -> int:
     from pathlib import Path
 
     from profiler.build import MODEL_FILE, SUMMARY_FILE
+    from profiler.device import pin_threads
     from realrun.probes import refit_profile, run_profile
 
     if args.refit:
         _print_cv(refit_profile(args.out, plots=not args.no_plots))
         return 0
     preset = args.preset or ("quick" if args.quick else "full")
+    pin_threads(args.threads)
     done = run_profile(args.target, args.draft, args.draft_kind, args.device, args.dtype, preset,
                        args.out, args.force, plots=not args.no_plots)
     if done.reused:

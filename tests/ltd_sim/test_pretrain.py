@@ -44,7 +44,7 @@ def test_pretrain_writes_policies_and_resumes(run, capsys):
     root, args = run
     capsys.readouterr()
     spec = json.loads((root / "run" / "policies" / "spec.json").read_text())
-    assert spec["features"]["name"] == "paper_v1" and spec["size_grid"][0] == 0
+    assert spec["features"]["name"] == "paper_v2" and spec["size_grid"][0] == 0
     assert spec["depth_actions"] == ["CONTINUE", "STOP"] and spec["top_k"] == TOP_K
     state = json.loads((root / "run" / "state.json").read_text())
     assert [p["phase"] for p in state["phases"]] == ["stage1_size", "stage1_depth", "round1_depth", "round1_size"]
@@ -74,8 +74,8 @@ def test_policy_controller_in_real_decoder_matches_simulation(run, tiny_target, 
     simulated = []
 
     def choose(p, s):
-        d = np.clip(depth_at[p], 1, tables.dmax[p])
-        return d, size_at[p, d - 1]
+        d = np.clip(depth_at[p], 0, tables.dmax[p])  # 0: the policy's "no draft"
+        return d, size_at[p, np.maximum(d, 1) - 1]
 
     simulate(tables, choose, lambda s, d, a: simulated.append((int(d[0]), int(a[0]))))
     result = generate(tiny_target, prompt(4), LMDrafter(tiny_draft, 256),

@@ -65,7 +65,8 @@ def test_vec_env_episode_is_a_generation(tables):
         seq, pos, depth = core.seq.copy(), core.pos.copy(), core.depth.copy()
         actions = rng.integers(0, 2, size=8)
         cycle_ends = (actions == envs.STOP) | (depth >= tables.dmax[pos])
-        seconds[cycle_ends] += tables.cost[pos[cycle_ends], depth[cycle_ends] - 1, size_index]
+        p, d = pos[cycle_ends], depth[cycle_ends]  # depth 0: the "no draft" decision, a plain decoding step
+        seconds[cycle_ends] += np.where(d >= 1, tables.cost[p, np.maximum(d, 1) - 1, size_index], tables.ar_cost[p])
         _, r, done, infos = env.step(actions)
         returns += r
         for i in np.flatnonzero(done):

@@ -69,7 +69,9 @@ def test_env_observes_the_trace_features(pair, run):
         done, n, total = False, 0, 0.0
         while not done:
             p = info["context_len"] - len(prompt(0))
-            np.testing.assert_allclose(tables.feats[p, info["depth"] - 1], obs, atol=1e-5)
+            # depth 0: the decision before drafting (the "no draft" action), observed as the simulator's feats0
+            want = tables.feats0[p] if info["depth"] == 0 else tables.feats[p, info["depth"] - 1]
+            np.testing.assert_allclose(want, obs, atol=1e-5)
             obs, reward, done, _, step_info = env.step(int(rng.integers(env.action_space.n)))
             info = step_info or info
             total += reward
