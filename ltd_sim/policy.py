@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from ltd_sim.errors import LTDError
-from ltd_sim.features import FeatureSpec, observe
+from ltd_sim.features import FeatureSpec, observe, pre_draft_observation
 from ltd_sim.io import read_dir, replace_dir, write_with
 from ltd_sim.sim import SimTables, first_stop
+from ltd_sim.trace import Sampling
 from ltd_sim.tree import DraftTree
 
 POLICY_FORMAT = "ltd-policies"
@@ -36,11 +37,16 @@ def predict(model, obs: np.ndarray) -> np.ndarray:
     return np.asarray(actions, np.int64).reshape(len(obs))
 
 
-def depth_table(t: SimTables, depth_model) -> np.ndarray:
-    """The depth a depth policy stops at, per position [P] (the tree's depth at the latest)."""
+def depth_table(t: SimTables, depth_model, pre_draft: bool | None = None) -> np.ndarray:
+    """The depth a depth policy stops at, per position [P] (the tree's depth at the latest; 0 where it
+    does not draft). `pre_draft`: whether the policy decides before drafting (its feature set's
+    `asks_before_draft`; default: the tables' spec)."""
     P, D, F = t.feats.shape
     stop = predict(depth_model, t.feats.reshape(P * D, F)).reshape(P, D) == STOP
-    return first_stop(stop, t.dmax)
+    depth = first_stop(stop, t.dmax)
+    if (t.spec.asks_before_draft if pre_draft is None else pre_draft) and t.feats0 is not None:
+        depth = np.where(predict(depth_model, t.feats0) == STOP, 0, depth)
+    return depth
 
 
 def size_table(t: SimTables, size_model) -> np.ndarray:
@@ -49,8 +55,9 @@ def size_table(t: SimTables, size_model) -> np.ndarray:
     return predict(size_model, t.feats.reshape(P * D, F)).reshape(P, D)
 
 
-def decision_tables(t: SimTables, depth_model, size_model) -> tuple[np.ndarray, np.ndarray]:
-    return depth_table(t, depth_model), size_table(t, size_model)
+def decision_tables(t: SimTables, depth_model, size_model, pre_draft: bool | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    return depth_table(t, depth_model, pre_draft), size_table(t, size_model)
 
 
 def save_policy_zip(model, path: Path) -> None:
@@ -87,6 +94,25 @@ class Policies:
     def extras(self) -> dict:
         """spec.json's own entries (training figures, sources), without what `save_policies` writes."""
         return {k: v for k, v in self.info.items() if k not in SPEC_KEYS}
+
+    @property
+    def sampling(self) -> tuple[Sampling, ...]:
+        return trained_sampling(self.info)
+
+
+def trained_sampling(info: dict) -> tuple[Sampling, ...]:
+    """The sampling settings of the traces a policy spec was trained on (greedy when the spec predates
+    sampled traces)."""
+    return tuple(Sampling.from_json(x) for x in info.get("sampling") or [{}])
+
+
+def sampling_mismatch(info: dict, temperature: float, top_p: float = 1.0) -> str | None:
+    """One line when decoding at (temperature, top_p) matches no setting the policies were trained for."""
+    here, trained = Sampling(temperature, top_p), trained_sampling(info)
+    if here in trained:
+        return None
+    return (f"note: these policies were trained on traces at {'; '.join(s.label() for s in trained)}, "
+            f"decoding runs at {here.label()} (trace and pretrain at this setting for policies tuned to it)")
 
 
 def load_policies(policy_dir: str | os.PathLike) -> Policies:
@@ -188,6 +214,29 @@ class PolicyController:
         self.seconds += time.perf_counter() - t0
         self.calls += 1
         return action
+
+    def should_draft(self, context_len: int) -> bool:
+        """Before step 1 (feature set paper_v2): STOP is "no draft" (D = 0). Policies of paper_v1
+        were never asked there, so they always draft."""
+        if not self.spec.asks_before_draft:
+            return True
+        t0 = time.perf_counter()
+        obs = pre_draft_observation(context_len, self.spec)
+        fast = self._depth_fast
+        action = fast.act(obs) if fast is not None else int(predict(self.depth_model, obs[None])[0])
+        self.seconds += time.perf_counter() - t0
+        self.calls += 1
+        return action != STOP
+
+    def never_drafts(self, max_context: int) -> bool:
+        """Whether the depth policy says "no draft" at every context length up to `max_context`. The
+        pre-draft decision sees the context length only, so this is exact: such policies decode as
+        plain decoding, and a caller may drop the drafter (whose per-cycle bookkeeping, the target's
+        hidden states for its catch-up, then buys nothing)."""
+        if not self.spec.asks_before_draft:
+            return False
+        obs = np.stack([pre_draft_observation(c, self.spec) for c in range(max(int(max_context), 0) + 1)])
+        return bool((predict(self.depth_model, obs) == STOP).all())
 
     def should_continue(self, tree: DraftTree, context_len: int) -> bool:
         return self._act(self.depth_model, self._depth_fast, tree, context_len) != STOP

@@ -1,11 +1,14 @@
 """Draft-tree traces: the compact, versioned on-disk record the simulator replays (DESIGN.md).
 
-One file per generated sequence (`seq_NNNNN.npz`, compressed): at every position p of the target's
-greedy output, the full `max_depth` draft tree below root output[p], its node arrays concatenated over
-positions (`offsets[p]:offsets[p+1]` are position p's nodes, node 0 the root, parents local to the
-tree), the target's greedy output itself (whose tokens after p are position p's continuation), and the
-context length (tokens in the target's KV cache) at every position. Writes are atomic; a damaged or
-foreign file raises `LTDError` with one clear line.
+One file per generated sequence (`seq_NNNNN.npz`, or `seq_NNNNN_sJJ.npz` for the J-th sampled
+continuation of prompt NNNNN; compressed): at every position p of the target's output, the full
+`max_depth` draft tree below root output[p], its node arrays concatenated over positions
+(`offsets[p]:offsets[p+1]` are position p's nodes, node 0 the root, parents local to the tree), the
+target's output itself (whose tokens after p are position p's continuation), and the context length
+(tokens in the target's KV cache) at every position. The output is the target's greedy output, or at
+T > 0 a continuation the target sampled: the header records the sampling settings (`Sampling`) and
+the seed, and the simulation is exact in both cases (docs/sampling.md). Writes are atomic; a damaged
+or foreign file raises `LTDError` with one clear line.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +31,40 @@ TRACE_FORMAT = "ltd-trace"
 TRACE_VERSION = 1
 MANIFEST = "manifest.json"
 _ARRAYS = ("tokens", "parents", "scores", "steps", "offsets", "output", "context_lens")
+_NAME = re.compile(r"seq_(\d{5,})(?:_s(\d{2,}))?\.npz")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The target's sampling law a trace's output was drawn from: T = 0 is greedy decoding."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise LTDError(f"--temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise LTDError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def label(self) -> str:
+        if self.greedy:
+            return "greedy (T = 0)"
+        return f"T = {self.temperature:g}" + (f", top-p {self.top_p:g}" if self.top_p < 1 else "")
+
+    def to_json(self) -> dict:
+        return {"temperature": float(self.temperature), "top_p": float(self.top_p)}
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> "Sampling":
+        """Settings from a header or spec; absent (files written before sampled traces) means greedy."""
+        if not data:
+            return cls()
+        return cls(float(data.get("temperature", 0.0)), float(data.get("top_p", 1.0)))
 
 
 @dataclass
@@ -38,11 +76,12 @@ class TraceSequence:
     scores: np.ndarray  # float32 [N]: cumulative draft log-probability (exact: ties decide V sets)
     steps: np.ndarray  # int8 [N]: node depth
     offsets: np.ndarray  # int64 [P + 1]
-    output: np.ndarray  # int64 [L]: the target's greedy output; output[p] is position p's root
+    output: np.ndarray  # int64 [L]: the target's (greedy or sampled) output; output[p] is position p's root
     context_lens: np.ndarray  # int64 [P]: target KV length when position p's cycle begins
     top_k: int
     max_depth: int
     meta: dict = field(default_factory=dict)
+    sampling: Sampling = Sampling()  # the law `output` was drawn from (greedy by default)
 
     @property
     def num_positions(self) -> int:
@@ -54,12 +93,13 @@ class TraceSequence:
                          self.scores[a:b], self.steps[a:b])
 
     def continuation(self, p: int) -> np.ndarray:
-        """The target's greedy tokens below position p's root (continuation[d] at depth d + 1)."""
+        """The target's tokens below position p's root (continuation[d] at depth d + 1). At T > 0 they
+        are the sampled ones: following the child that carries them is the decoder's rejection law."""
         return self.output[p + 1: p + 1 + self.max_depth].astype(np.int64)
 
     @classmethod
     def from_trees(cls, trees: list[DraftTree], output, context_lens, top_k: int, max_depth: int,
-                   meta: dict | None = None) -> "TraceSequence":
+                   meta: dict | None = None, sampling: Sampling = Sampling()) -> "TraceSequence":
         sizes = [t.num_nodes for t in trees]
         offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
         cat = (lambda name, dt: np.concatenate([getattr(t, name) for t in trees]).astype(dt)
@@ -67,7 +107,7 @@ class TraceSequence:
         pdt = np.int16 if max(sizes, default=0) < 2**15 else np.int32
         return cls(cat("tokens", np.int32), cat("parents", pdt), cat("scores", np.float32),
                    cat("steps", np.int8), offsets, np.asarray(output, np.int64),
-                   np.asarray(context_lens, np.int64), int(top_k), int(max_depth), dict(meta or {}))
+                   np.asarray(context_lens, np.int64), int(top_k), int(max_depth), dict(meta or {}), sampling)
 
     def validate(self, where: str = "trace") -> None:
         n, p = len(self.tokens), self.num_positions
@@ -87,7 +127,7 @@ def save_sequence(path: str | os.PathLike, seq: TraceSequence) -> None:
     path = Path(path)
     seq.validate(str(path))
     header = {"format": TRACE_FORMAT, "version": TRACE_VERSION, "top_k": seq.top_k,
-              "max_depth": seq.max_depth, "meta": seq.meta}
+              "max_depth": seq.max_depth, "sampling": seq.sampling.to_json(), "meta": seq.meta}
     buf = io.BytesIO()
     np.savez_compressed(buf, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
                         **{name: getattr(seq, name) for name in _ARRAYS})
@@ -110,14 +150,27 @@ def load_sequence(path: str | os.PathLike) -> TraceSequence:
     if header.get("version") != TRACE_VERSION:
         raise LTDError(f"trace file {path} has format version {header.get('version')}; this toolkit reads "
                        f"version {TRACE_VERSION} (re-record it with `ltd trace`)")
+    try:
+        sampling = Sampling.from_json(header.get("sampling"))
+    except (LTDError, TypeError, ValueError, AttributeError):
+        raise LTDError(f"trace file {path} has unreadable sampling settings: {header.get('sampling')!r}") from None
     seq = TraceSequence(**arrays, top_k=int(header["top_k"]), max_depth=int(header["max_depth"]),
-                        meta=header.get("meta", {}))
+                        meta=header.get("meta", {}), sampling=sampling)
     seq.validate(str(path))
     return seq
 
 
-def sequence_path(out_dir: str | os.PathLike, index: int) -> Path:
-    return Path(out_dir) / f"seq_{index:05d}.npz"
+def sequence_path(out_dir: str | os.PathLike, index: int, sample: int = 0) -> Path:
+    """Prompt `index`'s file; its sampled continuations after the first get `_sJJ` (J = `sample`)."""
+    return Path(out_dir) / (f"seq_{index:05d}.npz" if sample == 0 else f"seq_{index:05d}_s{sample:02d}.npz")
+
+
+def prompt_index(path: str | os.PathLike) -> int:
+    """The prompt a trace file belongs to (every sampled continuation of a prompt shares its split)."""
+    match = _NAME.fullmatch(Path(path).name)
+    if match is None:
+        raise LTDError(f"{path} is not named like a trace file (seq_NNNNN.npz or seq_NNNNN_sJJ.npz)")
+    return int(match.group(1))
 
 
 def trace_files(trace_dir: str | os.PathLike) -> list[Path]:
@@ -150,18 +203,30 @@ def split_prompts(prompts: list) -> tuple[list, list]:
     return train, val
 
 
-def load_traces(trace_dir: str | os.PathLike, split: str = "all") -> list[TraceSequence]:
-    """Every sequence of a trace folder (or one split of it), checked to share top-k and max depth."""
+def load_traces(trace_dir: str | os.PathLike, split: str = "all",
+                mix_sampling: bool = False) -> list[TraceSequence]:
+    """Every sequence of a trace folder (or one split of it: by prompt, so that every sampled
+    continuation of a prompt lands in the same split), checked to share top-k and max depth, and
+    unless `mix_sampling`, one sampling setting (policies and grids are tuned for one regime)."""
     if split not in SPLITS:
         raise LTDError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     files = trace_files(trace_dir)
-    seqs = [load_sequence(f) for i, f in enumerate(files) if split == "all" or split_of(i) == split]
+    seqs = [load_sequence(f) for f in files if split == "all" or split_of(prompt_index(f)) == split]
     if not seqs:
         raise LTDError(f"the {split!r} split of {trace_dir} is empty ({len(files)} sequences in all)")
     shapes = {(s.top_k, s.max_depth) for s in seqs}
     if len(shapes) > 1:
         raise LTDError(f"traces in {trace_dir} mix (top_k, max_depth) settings: {sorted(shapes)}")
+    settings = sampling_of(seqs)
+    if len(settings) > 1 and not mix_sampling:
+        raise LTDError(f"traces in {trace_dir} mix sampling settings ({'; '.join(s.label() for s in settings)}); "
+                       "record one setting per folder, or pass --mix-sampling to use them together")
     return seqs
+
+
+def sampling_of(seqs: list[TraceSequence]) -> list[Sampling]:
+    """The distinct sampling settings of some sequences, greedy first."""
+    return sorted({s.sampling for s in seqs}, key=lambda s: (s.temperature, s.top_p))
 
 
 def write_manifest(out_dir: str | os.PathLike, info: dict) -> None:

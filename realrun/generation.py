@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ltd_sim import defaults
 from ltd_sim.errors import LTDError
@@ -17,6 +17,7 @@ class TextGeneration:
     result: GenerationResult
     policy_s: float | None  # seconds spent in policy decisions; None when static settings decided
     policy_calls: int
+    notes: list[str] = field(default_factory=list)  # said once to the user (e.g. policies made for another T)
 
     @property
     def policy_fraction(self) -> float:
@@ -68,7 +69,7 @@ def generate_text(text: str, cfg: DecodeConfig, target: str | None = None, draft
     depth_ctrl, size_ctrl = StaticDepth(cfg.max_depth), StaticSize(size)
     policy = None
     if policy_dir:  # the saved LTD policies (ltd_sim.policy), observing through the one feature function
-        from ltd_sim.policy import PolicyController
+        from ltd_sim.policy import PolicyController, sampling_mismatch
 
         if draft is None:
             raise LTDError("--policy needs a draft model (--draft)")
@@ -81,5 +82,8 @@ def generate_text(text: str, cfg: DecodeConfig, target: str | None = None, draft
     result = generate(pair.target.model, ids, pair.drafter, cfg, depth_ctrl, size_ctrl,
                       eos_ids=pair.eos_ids, context_limit=pair.context_limit)
     out_text = pair.target.tokenizer.decode(result.token_ids, skip_special_tokens=True)
+    notes = []
+    if policy is not None and (note := sampling_mismatch(policy.info, cfg.temperature, cfg.top_p)):
+        notes.append(note)
     return TextGeneration(out_text, result, policy.seconds if policy is not None else None,
-                          policy.calls if policy is not None else 0)
+                          policy.calls if policy is not None else 0, notes)

@@ -2,8 +2,10 @@
 
 Run the decoder with StaticDepth(max_depth) and StaticSize(0): every cycle drafts the full
 `max_depth` tree (handed to `on_cycle`) and then verifies the root alone, so it commits exactly the
-target's next greedy token. The cycles therefore visit every position of the greedy output once,
-and the output itself is each position's continuation.
+target's next token: its greedy token, or at T > 0 a token sampled from the target's (temperature,
+top-p) law. The cycles therefore visit every position of the output once, and the output itself is
+each position's continuation. At T > 0 every (prompt, sample) gets its own seed, derived from the
+run's seed and recorded in the file, so a trace can be recorded again exactly.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import numpy as np
 from ltd_sim import defaults
 from ltd_sim.control import StaticDepth, StaticSize
 from ltd_sim.errors import LTDError
-from ltd_sim.trace import TraceSequence, load_sequence, save_sequence, sequence_path, write_manifest
+from ltd_sim.io import read_json
+from ltd_sim.trace import (MANIFEST, Sampling, TraceSequence, load_sequence, save_sequence, sequence_path,
+                           write_manifest)
 from ltd_sim.tree import DraftTree
 from realrun.decoder import DecodeConfig, generate
 
@@ -23,8 +27,10 @@ from realrun.decoder import DecodeConfig, generate
 def record_sequence(target, drafter, prompt_ids, max_new_tokens: int = defaults.MAX_NEW_TOKENS,
                     top_k: int = defaults.TOP_K, max_depth: int = defaults.MAX_DEPTH,
                     eos_ids=frozenset(), context_limit: int | None = None,
-                    meta: dict | None = None) -> TraceSequence:
-    """One prompt's trace: a full tree at every position of the target's greedy output."""
+                    meta: dict | None = None, sampling: Sampling = Sampling(),
+                    seed: int | None = None) -> TraceSequence:
+    """One prompt's trace: a full tree at every position of the target's greedy output, or (T > 0) of
+    one continuation the target samples with `seed`."""
     if drafter is None:
         raise LTDError("recording a trace needs a draft model (--draft)")
     trees: list[DraftTree] = []
@@ -36,60 +42,108 @@ def record_sequence(target, drafter, prompt_ids, max_new_tokens: int = defaults.
         trees.append(DraftTree(tree.tokens.copy(), tree.parents.copy(), tree.scores.copy(), tree.steps.copy()))
         contexts.append(record.context_len)
 
-    cfg = DecodeConfig(max_new_tokens=max_new_tokens, top_k=top_k, max_depth=max_depth)
+    if not sampling.greedy and seed is None:
+        raise LTDError("a sampled trace needs a seed (so that it can be recorded again)")
+    cfg = DecodeConfig(max_new_tokens=max_new_tokens, top_k=top_k, max_depth=max_depth,
+                       temperature=sampling.temperature, top_p=sampling.top_p, seed=seed)
     result = generate(target, prompt_ids, drafter, cfg, StaticDepth(max_depth), StaticSize(0),
                       eos_ids=eos_ids, context_limit=context_limit, on_cycle=on_cycle)
     info = {"prompt_len": int(np.asarray(prompt_ids).size), "stop_reason": result.stop_reason, **(meta or {})}
-    return TraceSequence.from_trees(trees, result.token_ids, contexts, top_k, max_depth, info)
+    if not sampling.greedy:
+        info["seed"] = int(seed)
+    return TraceSequence.from_trees(trees, result.token_ids, contexts, top_k, max_depth, info, sampling)
 
 
-def _done(path: Path) -> bool:
+def sample_seed(run_seed: int, prompt: int, sample: int) -> int:
+    """The seed of one (prompt, sample) continuation: independent streams from one run seed."""
+    return int(np.random.SeedSequence([run_seed, prompt, sample]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def check_folder_settings(out_dir: Path, settings: dict) -> None:
+    """Refuse to add traces to a folder recorded with other settings (nothing there is touched)."""
+    path = out_dir / MANIFEST
+    if not path.is_file():
+        return
+    old = read_json(path, "trace manifest")
+    for key, value in settings.items():
+        if key in old and old[key] != value:
+            raise LTDError(f"{out_dir} holds traces recorded with {key} = {old[key]!r}, not {value!r}; "
+                           "record into another --out")
+    if "sampling" not in old and settings.get("sampling", {}).get("temperature", 0) != 0:
+        raise LTDError(f"{out_dir} holds greedy traces; record sampled ones into another --out")
+
+
+def _done(path: Path, sampling: Sampling) -> bool:
     if not path.is_file():
         return False
     try:
-        load_sequence(path)
-        return True
+        seq = load_sequence(path)
     except LTDError:
         return False  # a damaged file from an interrupted run is recorded again
+    if seq.sampling != sampling:
+        raise LTDError(f"{path} was recorded at {seq.sampling.label()}, this run records at {sampling.label()}; "
+                       "record into another --out")
+    return True
+
+
+def check_samples(sampling: Sampling, samples: int, seed: int | None) -> None:
+    if samples < 1:
+        raise LTDError(f"--samples must be at least 1, got {samples}")
+    if sampling.greedy and samples > 1:
+        raise LTDError("--samples above 1 needs --temperature above 0 (the greedy output is one sequence)")
+    if seed is not None and seed < 0:
+        raise LTDError(f"--seed must be >= 0, got {seed}")
 
 
 def record_prompts(pair, prompts: list[dict], out_dir: str | Path, encode, max_new_tokens: int,
                    top_k: int = defaults.TOP_K, max_depth: int = defaults.MAX_DEPTH,
-                   progress: bool = True, info: dict | None = None) -> dict:
-    """Record every prompt into `out_dir/seq_NNNNN.npz`, skipping those already there (resume)."""
+                   progress: bool = True, info: dict | None = None, sampling: Sampling = Sampling(),
+                   samples: int = 1, seed: int = 0) -> dict:
+    """Record every prompt (`samples` sampled continuations each at T > 0) into
+    `out_dir/seq_NNNNN[_sJJ].npz`, skipping those already there (resume)."""
     from realrun.progress import progress_bar
 
+    check_samples(sampling, samples, seed)
     out_dir = Path(out_dir)
-    write_manifest(out_dir, {"top_k": top_k, "max_depth": max_depth, "max_new_tokens": max_new_tokens,
-                             "num_prompts": len(prompts), **(info or {})})
+    settings = {"top_k": top_k, "max_depth": max_depth, "sampling": sampling.to_json()}
+    if not sampling.greedy:
+        settings["seed"] = seed
+    check_folder_settings(out_dir, settings)
+    write_manifest(out_dir, {**settings, "max_new_tokens": max_new_tokens, "num_prompts": len(prompts),
+                             "samples": samples, **(info or {})})
     recorded = skipped = positions = 0
-    bar = progress_bar(len(prompts), "trace", "prompt", enabled=progress, leave=True)
+    bar = progress_bar(len(prompts) * samples, "trace", "seq", enabled=progress, leave=True)
     for i, prompt in enumerate(prompts):
-        path = sequence_path(out_dir, i)
-        if _done(path):
-            skipped += 1
+        for j in range(samples):
+            path = sequence_path(out_dir, i, j)
+            if _done(path, sampling):
+                skipped += 1
+                bar.update(1)
+                continue
+            ids = encode(prompt["text"])
+            seq = record_sequence(pair.target.model, pair.drafter, ids, max_new_tokens, top_k, max_depth,
+                                  pair.eos_ids, pair.context_limit,
+                                  {"prompt_id": prompt["id"], "category": prompt["category"], "sample": j},
+                                  sampling, None if sampling.greedy else sample_seed(seed, i, j))
+            save_sequence(path, seq)
+            recorded += 1
+            positions += seq.num_positions
+            bar.set_postfix(positions=positions)
             bar.update(1)
-            continue
-        ids = encode(prompt["text"])
-        seq = record_sequence(pair.target.model, pair.drafter, ids, max_new_tokens, top_k, max_depth,
-                              pair.eos_ids, pair.context_limit,
-                              {"prompt_id": prompt["id"], "category": prompt["category"]})
-        save_sequence(path, seq)
-        recorded += 1
-        positions += seq.num_positions
-        bar.set_postfix(positions=positions)
-        bar.update(1)
     bar.close()
-    return {"recorded": recorded, "skipped": skipped, "positions": positions, "out": str(out_dir)}
+    return {"recorded": recorded, "skipped": skipped, "positions": positions, "out": str(out_dir),
+            "sampling": sampling.label()}
 
 
 def run_trace(prompts_path: str | Path, out_dir: str | Path, target: str | None = None, draft: str | None = None,
               draft_kind: str | None = None, device: str | None = None, dtype: str | None = None,
               max_new_tokens: int = defaults.MAX_NEW_TOKENS, limit: int | None = None,
               top_k: int = defaults.TOP_K, max_depth: int = defaults.MAX_DEPTH, chat: bool = True,
-              threads: int | None = None, progress: bool = True) -> dict:
+              threads: int | None = None, progress: bool = True, temperature: float = 0.0,
+              top_p: float = 1.0, seed: int = 0, samples: int = 1) -> dict:
     """`ltd trace`: check every option, load the pair, and record the first `limit` prompts of
-    `prompts_path` (all by default) into `out_dir` (resumable). Returns `record_prompts`' summary."""
+    `prompts_path` (all by default; `samples` sampled continuations each at `temperature` > 0) into
+    `out_dir` (resumable). Returns `record_prompts`' summary."""
     from realrun.loading import load_pair, set_threads
     from realrun.models import encode_prompt
     from realrun.prompts import read_prompts
@@ -100,6 +154,8 @@ def run_trace(prompts_path: str | Path, out_dir: str | Path, target: str | None 
     if limit is not None and limit < 1:
         raise LTDError(f"--limit must be at least 1, got {limit}")
     DecodeConfig(max_new_tokens=max_new_tokens, top_k=top_k, max_depth=max_depth).validate(True)
+    sampling = Sampling(temperature, top_p)
+    check_samples(sampling, samples, seed)
     set_threads(threads)  # refuses --threads < 1 before anything is read
     prompts = read_prompts(prompts_path, limit)
     pair = load_pair(target, draft, draft_kind, device, dtype)
@@ -107,4 +163,4 @@ def run_trace(prompts_path: str | Path, out_dir: str | Path, target: str | None 
     info = {"target": str(pair.target.path), "draft": str(pair.draft_path), "draft_kind": pair.draft_kind,
             "prompts": str(prompts_path), "chat": chat}
     return record_prompts(pair, prompts, out_dir, encode, max_new_tokens, top_k, max_depth,
-                          progress=progress, info=info)
+                          progress=progress, info=info, sampling=sampling, samples=samples, seed=seed)

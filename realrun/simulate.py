@@ -23,26 +23,42 @@ def load_cost(path: str):
     return load_cost_model(p)
 
 
-def load_tables(traces: str, cost_path: str, split: str = "all"):
+def cost_device(cost_path: str) -> dict:
+    """The device a cost model was profiled on (hardware, threads, dtype, torch; empty for the analytic
+    model): what the policies trained on it record as the device they were made for."""
+    from profiler.model import device_of
+
+    return device_of(getattr(load_cost(cost_path), "fingerprint", {}) or {})
+
+
+def load_tables(traces: str, cost_path: str, split: str = "all", mix_sampling: bool = False):
     from ltd_sim.sim import SimTables
     from ltd_sim.trace import load_traces
 
     cost = load_cost(cost_path)
-    return SimTables.build(load_traces(traces, split), cost)
+    return SimTables.build(load_traces(traces, split, mix_sampling), cost)
 
 
-def run_sim_eval(traces: str, cost: str, split: str = "all", policy: str | None = None) -> dict:
-    """Every baseline, the oracle and (with `policy`) the LTD policies on one split of the traces."""
+def run_sim_eval(traces: str, cost: str, split: str = "all", policy: str | None = None,
+                 mix_sampling: bool = False) -> dict:
+    """Every baseline, the oracle and (with `policy`) the LTD policies on one split of the traces; the
+    report names the sampling settings the traces were recorded at."""
     from ltd_sim.baselines import evaluate
     from ltd_sim.policy import PolicyController, decision_tables
+    from ltd_sim.sim import SimTables
+    from ltd_sim.trace import load_traces, sampling_of
 
     controller = PolicyController(policy) if policy else None  # fail before the work
-    tables = load_tables(traces, cost, split)
+    seqs = load_traces(traces, split, mix_sampling)
+    tables = SimTables.build(seqs, load_cost(cost))
     schedule = None
     if controller is not None:
         controller.check_compatible(tables.top_k, tables.max_depth)
-        schedule = decision_tables(tables, controller.depth_model, controller.size_model)
-    return evaluate(tables, schedule)
+        schedule = decision_tables(tables, controller.depth_model, controller.size_model,
+                                   controller.spec.asks_before_draft)
+    report = evaluate(tables, schedule)
+    report["sampling"] = [s.to_json() for s in sampling_of(seqs)]
+    return report
 
 
 def serving_sweep(traces: str, cost_path: str, split: str, policy: str | None, rates: list[float],
@@ -66,5 +82,6 @@ def serving_sweep(traces: str, cost_path: str, split: str, policy: str | None, r
                  Schedule.static(tables, *best, f"best static {best}"),
                  Schedule.static(tables, min(EAGLE3[0], tables.max_depth), EAGLE3[1], "eagle3")]
     if controller is not None:
-        schedules.append(Schedule("ltd", *decision_tables(tables, controller.depth_model, controller.size_model)))
+        schedules.append(Schedule("ltd", *decision_tables(tables, controller.depth_model, controller.size_model,
+                                                          controller.spec.asks_before_draft)))
     return sweep(tables, cost, schedules, rates, n_requests=n_requests, max_batch=max_batch)

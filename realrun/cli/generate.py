@@ -39,6 +39,8 @@ def cmd_generate(args) -> int:
                        temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     done = generate_text(text, cfg, args.target, args.draft, args.draft_kind, args.device, args.dtype,
                          size=args.size, policy_dir=args.policy, chat=not args.no_chat)
+    for note in done.notes:
+        print(note, file=sys.stderr)
     if args.json:
         print(json.dumps(done.to_json()))
     else:

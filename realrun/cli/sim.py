@@ -16,6 +16,8 @@ def add_parser(sub) -> None:
     e.add_argument("--policy", default=None, help="policy folder (from `ltd pretrain`: OUT/policies)")
     e.add_argument("--split", default="all", choices=["all", "train", "val", "test"],
                    help="which sequences of the folder (the split pretraining uses; default all)")
+    e.add_argument("--mix-sampling", action="store_true",
+                   help="allow traces recorded at different temperatures / top-p in one evaluation")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_sim_eval)
 
@@ -31,15 +33,25 @@ def add_parser(sub) -> None:
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_sim_serve)
 
+    t = s.add_parser("transfer", help="the simulated transfer matrix: each run's policies on every run's device")
+    t.add_argument("--runs", nargs="+", required=True, help="run folders (cost_model.json, traces/, pretrain/policies)")
+    t.add_argument("--split", default="test", choices=["all", "train", "val", "test"])
+    t.add_argument("--out", default=None, help="folder for transfer.md and transfer.json")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_sim_transfer)
+
 
 def cmd_sim_eval(args) -> int:
     from realrun.simulate import run_sim_eval
 
-    report = run_sim_eval(args.traces, args.cost, args.split, args.policy)
+    from ltd_sim.trace import Sampling
+
+    report = run_sim_eval(args.traces, args.cost, args.split, args.policy, args.mix_sampling)
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{report['sequences']} sequences, {report['positions']} positions")
+    sampling = "; ".join(Sampling.from_json(x).label() for x in report["sampling"])
+    print(f"{report['sequences']} sequences, {report['positions']} positions, traces at {sampling}")
     print(f"{'method':24s} {'tok/s':>9s} {'tau':>6s} {'oracle':>7s} {'vs AR':>6s}  params")
     for name, row in report["methods"].items():
         params = {k: v for k, v in row.items() if k not in ("tokens_per_s", "tau", "oracle_ratio", "speedup_vs_ar")}
@@ -65,4 +77,22 @@ def cmd_sim_serve(args) -> int:
         for r in rows:
             print(f"{r['schedule']:24s} rate {r['rate']:6.2f}  goodput {r['goodput_tokens_per_s']:8.2f} tok/s  "
                   f"p50 {r['latency_p50']:7.2f}s  p90 {r['latency_p90']:7.2f}s  p99 {r['latency_p99']:7.2f}s")
+    return 0
+
+
+def cmd_sim_transfer(args) -> int:
+    from pathlib import Path
+
+    from realrun.port import transfer_matrix, write_transfer_matrix
+
+    matrix = transfer_matrix([Path(r) for r in args.runs], args.split)
+    if args.out:
+        write_transfer_matrix(matrix, Path(args.out))
+    if args.json:
+        print(json.dumps(matrix))
+        return 0
+    for c in matrix["cells"]:
+        print(f"{Path(c['policies_from']).name:>24s} -> {Path(c['device']).name:24s} {c['tokens_per_s']:8.2f} tok/s  "
+              f"vs ported {c['vs_ported']:.3f}  vs best static {c['vs_best_static']:.3f}  "
+              f"vs plain {c['vs_autoregressive']:.3f}  no-draft {100 * c['no_draft_share']:.0f}%")
     return 0

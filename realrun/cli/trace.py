@@ -1,4 +1,4 @@
-"""`ltd trace`: record draft-tree traces of the target's greedy output (resumable, per prompt)."""
+"""`ltd trace`: record draft-tree traces of the target's greedy or sampled output (resumable, per prompt)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ def add_parser(sub) -> None:
     p.add_argument("--top-k", type=int, default=defaults.TOP_K)
     p.add_argument("--depth", type=int, default=defaults.MAX_DEPTH, help="max depth recorded")
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="record continuations the target samples at this temperature (default 0: greedy)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature)")
+    p.add_argument("--seed", type=int, default=0, help="run seed; each (prompt, sample) derives its own")
+    p.add_argument("--samples", type=int, default=1, help="sampled continuations per prompt (T > 0)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
@@ -31,8 +36,9 @@ def cmd_trace(args) -> int:
     summary = run_trace(args.prompts, args.out, args.target, args.draft, args.draft_kind, args.device, args.dtype,
                         max_new_tokens=args.max_new_tokens, limit=args.limit, top_k=args.top_k,
                         max_depth=args.depth, chat=not args.no_chat, threads=args.threads,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, temperature=args.temperature, top_p=args.top_p,
+                        seed=args.seed, samples=args.samples)
     print(json.dumps(summary) if args.json else
           f"recorded {summary['recorded']} sequences ({summary['positions']} positions), "
-          f"skipped {summary['skipped']} already there -> {summary['out']}")
+          f"skipped {summary['skipped']} already there, {summary['sampling']} -> {summary['out']}")
     return 0
