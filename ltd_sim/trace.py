@@ -102,8 +102,10 @@ class TraceSequence:
                    meta: dict | None = None, sampling: Sampling = Sampling()) -> "TraceSequence":
         sizes = [t.num_nodes for t in trees]
         offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
-        cat = (lambda name, dt: np.concatenate([getattr(t, name) for t in trees]).astype(dt)
-               if trees else np.zeros(0, dt))
+
+        def cat(name: str, dt) -> np.ndarray:
+            return np.concatenate([getattr(t, name) for t in trees]).astype(dt) if trees else np.zeros(0, dt)
+
         pdt = np.int16 if max(sizes, default=0) < 2**15 else np.int32
         return cls(cat("tokens", np.int32), cat("parents", pdt), cat("scores", np.float32),
                    cat("steps", np.int8), offsets, np.asarray(output, np.int64),
@@ -227,6 +229,14 @@ def load_traces(trace_dir: str | os.PathLike, split: str = "all",
 def sampling_of(seqs: list[TraceSequence]) -> list[Sampling]:
     """The distinct sampling settings of some sequences, greedy first."""
     return sorted({s.sampling for s in seqs}, key=lambda s: (s.temperature, s.top_p))
+
+
+def require_sampling(found, asked: Sampling, where: str) -> None:
+    """Refuse, in one line, to decode at `asked` what was simulated on traces recorded at `found`."""
+    found = tuple(found)
+    if asked not in found:
+        raise LTDError(f"{where} was recorded at {'; '.join(s.label() for s in found)}, not at {asked.label()}: "
+                       "record traces at that setting (ltd trace --temperature T --top-p P)")
 
 
 def write_manifest(out_dir: str | os.PathLike, info: dict) -> None:

@@ -37,7 +37,7 @@ import queue
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import gymnasium as gym
@@ -48,8 +48,9 @@ from ltd_sim.io import write_json
 from ltd_sim.envs import REWARDS
 from ltd_sim.errors import LTDError
 from ltd_sim.features import FeatureSpec, observe, pre_draft_tree
-from ltd_sim.policy import STOP, Policies, PolicyController, load_policies, save_policies
-from ltd_sim.trace import split_prompts
+from ltd_sim.policy import (STOP, Policies, PolicyController, load_policies, sampling_mismatch, save_policies,
+                             trained_sampling)
+from ltd_sim.trace import Sampling, split_prompts
 from realrun.decoder import DecodeConfig, generate
 from realrun.measure import DECODE_RATE, measure, measure_many
 from realrun.progress import progress_bar
@@ -102,8 +103,9 @@ class RealDecoderEnv(gym.Env):
     """PPO's view of the real decoder at one control point ("depth" or "size"); see the module doc.
 
     `prompts` are token-id sequences (one episode each, in a seeded random order); `partner` is the
-    frozen controller of the other control point; `cfg` the decoding settings (greedy). Every step's
-    info holds the observed position: {"context_len", "depth"}."""
+    frozen controller of the other control point; `cfg` the decoding settings (greedy, or sampling at
+    its temperature and top-p: each episode then samples with its own seed, drawn from `seed`).
+    Every step's info holds the observed position: {"context_len", "depth"}."""
 
     metadata = {"render_modes": []}
 
@@ -120,7 +122,7 @@ class RealDecoderEnv(gym.Env):
         if not prompts or not rate > 0:
             raise LTDError("the real-decoder env needs prompts and a positive reference rate")
         self.kind, self.pair, self.prompts, self.spec = kind, pair, list(prompts), spec
-        self.cfg = DecodeConfig(**{**asdict(cfg), "temperature": 0.0})
+        self.cfg = cfg
         self.reward_kind, self.rate = reward, float(rate)
         bridge = _Bridge(self)
         self.depth_ctrl, self.size_ctrl = (bridge, partner) if kind == "depth" else (partner, bridge)
@@ -158,9 +160,9 @@ class RealDecoderEnv(gym.Env):
         self._reward += r
         self.cycles.append((record.context_len, record.depth, record.size, record.accepted, c, t, r))
 
-    def _run(self, prompt) -> None:
+    def _run(self, prompt, cfg: DecodeConfig) -> None:
         try:
-            generate(self.pair.target.model, prompt, self.pair.drafter, self.cfg, self.depth_ctrl,
+            generate(self.pair.target.model, prompt, self.pair.drafter, cfg, self.depth_ctrl,
                      self.size_ctrl, eos_ids=self.pair.eos_ids, context_limit=self.pair.context_limit,
                      on_cycle=self._on_cycle)
             self._events.put(("done", None, {}))
@@ -191,7 +193,10 @@ class RealDecoderEnv(gym.Env):
         self._reward = self._wait = 0.0
         self._tokens = 1
         self._ep_start = len(self.cycles)
-        self._thread = threading.Thread(target=self._run, args=(prompt,), daemon=True, name="ltd-decoder")
+        cfg = self.cfg
+        if cfg.temperature > 0:  # a fresh continuation per episode, reproducible from the env's seed
+            cfg = replace(cfg, seed=int(self._rng.integers(2**62)))
+        self._thread = threading.Thread(target=self._run, args=(prompt, cfg), daemon=True, name="ltd-decoder")
         self._thread.start()
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -245,6 +250,12 @@ class FinetuneConfig:
     max_new_tokens: int = 64  # per training / validation generation
     reward: str | None = None  # None: the policies' pretraining reward (spec.json)
     seed: int = 0
+    temperature: float = 0.0  # the decoder samples at (temperature, top_p); 0: greedy
+    top_p: float = 1.0
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(self.temperature, self.top_p)
 
     def phases(self) -> list[tuple[str, str]]:
         return [(f"round{r}_{k}", k) for r in range(1, self.rounds + 1) for k in KINDS]
@@ -262,6 +273,7 @@ class FinetuneConfig:
             raise LTDError(f"--max-new-tokens must be at least 2, got {self.max_new_tokens}")
         if self.reward is not None and self.reward not in REWARDS:
             raise LTDError(f"unknown reward {self.reward!r}; choose one of {', '.join(REWARDS)}")
+        self.sampling  # checks --temperature and --top-p
 
 
 def _load_ppo(path: Path, env, cfg: FinetuneConfig, tb: Path):
@@ -317,8 +329,12 @@ def run_finetune(pair, policy_dir, out_dir, prompts, steps: int | None = None, m
     train, val = split_prompts(list(prompts)) if val_prompts is None else (list(prompts), list(val_prompts))
     if not train or not val:
         raise LTDError("fine-tuning needs training and validation prompts")
-    dcfg = DecodeConfig(max_new_tokens=cfg.max_new_tokens, top_k=spec.top_k, max_depth=spec.max_depth)
+    dcfg = DecodeConfig(max_new_tokens=cfg.max_new_tokens, top_k=spec.top_k, max_depth=spec.max_depth,
+                        temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
     dcfg.validate(True)
+    note = sampling_mismatch(start_policies.info, cfg.temperature, cfg.top_p)
+    if note:
+        log(note)
 
     out = Path(out_dir)
     state_path, ckpt, tb = out / "state.json", out / "checkpoints" / "current", out / "tb"
@@ -336,7 +352,9 @@ def run_finetune(pair, policy_dir, out_dir, prompts, steps: int | None = None, m
     phases = cfg.phases()
     budget = {"steps": steps} if steps is not None else {"minutes": minutes}
     per_phase = None if steps is None else math.ceil(steps / len(phases) / cfg.n_steps) * cfg.n_steps
-    base_info = {**start_policies.extras(), "device": pair_device(pair)}  # fine-tuned here: made for this device
+    trained = list(dict.fromkeys(trained_sampling(start_policies.info) + (cfg.sampling,)))
+    base_info = {**start_policies.extras(), "device": pair_device(pair),  # fine-tuned here: made for this device
+                 "sampling": [x.to_json() for x in trained]}  # and at this sampling setting too
 
     def save(path: Path, models: dict, extra: dict) -> None:
         save_policies(path, models["depth"], models["size"], spec, {**base_info, **extra})

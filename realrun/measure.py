@@ -17,7 +17,7 @@ Every report and JSON names which rate it shows, with the keys and labels below.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import torch
@@ -26,6 +26,7 @@ from ltd_sim.control import DepthController, SizeController, TimedControl
 from ltd_sim.errors import LTDError
 from profiler.timing import Timer
 from realrun.decoder import CycleRecord, DecodeConfig, generate
+from realrun.sampling import stream_seed
 
 DECODE_RATE = "decode_tokens_per_s"
 END_TO_END_RATE = "end_to_end_tokens_per_s"
@@ -149,22 +150,29 @@ class DecoderMethod:
         self.name, self.pair, self.drafter, self.cfg = name, pair, drafter, cfg
         self.make_ctrl, self.settings = make_ctrl, settings or {}
 
-    def __call__(self, prompt_ids: list[int]) -> Run:
+    def __call__(self, prompt_ids: list[int], seed: int | None = None, max_new_tokens: int | None = None) -> Run:
+        """One generation; `seed` seeds its sampling at T > 0, `max_new_tokens` overrides the config's."""
         ctrl = TimedControl(*self.make_ctrl())
-        res = generate(self.pair.target.model, prompt_ids, self.drafter, self.cfg, ctrl, ctrl,
+        cfg = self.cfg
+        if seed is not None or max_new_tokens is not None:
+            cfg = replace(cfg, seed=cfg.seed if seed is None else seed,
+                          max_new_tokens=max_new_tokens or cfg.max_new_tokens)
+        res = generate(self.pair.target.model, prompt_ids, self.drafter, cfg, ctrl, ctrl,
                        eos_ids=self.pair.eos_ids, context_limit=self.pair.context_limit)
         # the decoder's own clock (device-synced) splits the prefill from the cycles
         return Run(res.token_ids, res.wall_s, res.decode_s, ctrl.seconds, ctrl.calls, res.cycles)
 
 
 class HFAssistedMethod:
-    """transformers' assisted generation (greedy) with an `lm` draft and a constant draft length.
+    """transformers' assisted generation with an `lm` draft and a constant draft length; greedy, or
+    sampling at (temperature, top_p) when `temperature` > 0.
 
     Only the end-to-end rate exists here: `generate` gives no prefill boundary to read."""
 
     def __init__(self, pair, draft: torch.nn.Module, num_tokens: int, max_new_tokens: int,
-                 settings: dict | None = None):
+                 settings: dict | None = None, temperature: float = 0.0, top_p: float = 1.0):
         self.pair, self.max_new, self.draft = pair, max_new_tokens, draft
+        self.temperature, self.top_p = temperature, top_p
         gc = copy.deepcopy(draft.generation_config)
         gc.num_assistant_tokens = num_tokens
         gc.num_assistant_tokens_schedule = "constant"
@@ -178,15 +186,19 @@ class HFAssistedMethod:
         self.forwards += 1
 
     @torch.no_grad()
-    def __call__(self, prompt_ids: list[int]) -> Run:
+    def __call__(self, prompt_ids: list[int], seed: int | None = None, max_new_tokens: int | None = None) -> Run:
         model = self.pair.target.model
         ids = torch.tensor([prompt_ids], device=self.pair.target.device)
         eos = sorted(self.pair.eos_ids)
         pad = model.generation_config.pad_token_id
-        kwargs = dict(do_sample=False, max_new_tokens=self.max_new, attention_mask=torch.ones_like(ids),
-                      assistant_model=self.draft, eos_token_id=eos or None,
+        sample = self.temperature > 0
+        kwargs = dict(do_sample=sample, max_new_tokens=max_new_tokens or self.max_new,
+                      attention_mask=torch.ones_like(ids), assistant_model=self.draft, eos_token_id=eos or None,
                       pad_token_id=pad if pad is not None else (eos[0] if eos else 0),
-                      temperature=None, top_p=None, top_k=None)
+                      temperature=self.temperature if sample else None, top_p=self.top_p if sample else None,
+                      top_k=None)
+        if sample and seed is not None:
+            torch.manual_seed(seed)  # transformers samples from torch's global generator
         self.forwards = 0
         hook = model.register_forward_pre_hook(self._count)  # target forwards, for tau
         try:
@@ -213,9 +225,11 @@ def measure_many(pair, prompts: list[list[int]], methods: list[ControllerPair], 
             DecoderMethod("warmup", pair, pair.drafter, short, lambda m=m: m)(prompts[0])
     totals = [Measurement() for _ in methods]
     for j, ids in enumerate(prompts):
+        # T > 0: every method samples prompt j with one seed (common random numbers: less noise between them)
+        seed = None if cfg.temperature == 0 else stream_seed(cfg.seed or 0, j)
         for k in range(len(methods)):
             i = (k + j) % len(methods)
-            totals[i].add(decoders[i](ids))
+            totals[i].add(decoders[i](ids, seed=seed))
     return totals
 
 

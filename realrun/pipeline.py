@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ltd_sim.io import read_json, write_json
 from ltd_sim.errors import LTDError
+from ltd_sim.trace import Sampling
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class StageBudget:
     bench_repeats: int
     bench_peer_questions: int  # eagle3 and hf-assisted (slow here) run on this many of the questions
 
+
+SAMPLED_TRACE_SAMPLES = 2  # T > 0: continuations recorded per trace prompt
 
 BUDGETS = {
     "full": StageBudget("full", draft_minutes=30, profile_preset="quick", trace_prompts=25, trace_tokens=96,
@@ -82,6 +85,7 @@ class Pipeline:
     summaries: dict = field(default_factory=dict)
     head: Path | None = None  # the EAGLE-3 head every stage uses (set by `draft_head`)
     dtype: str | None = None  # the target's dtype (None/"auto": float32 on CPU); threads: the process's
+    sampling: Sampling = Sampling()  # every stage traces, tunes, fine-tunes and benches at this setting
     _pair: object = None  # the real decoder's models, loaded once for the stages that run it
 
     @property
@@ -92,6 +96,17 @@ class Pipeline:
         from profiler.device import dtype_name
 
         return {"threads": torch.get_num_threads(), "dtype": dtype_name(self.dtype)}
+
+    @property
+    def sampling_marker(self) -> dict:
+        """The sampling setting in a stage's marker (nothing when greedy: greedy runs' markers stay valid)."""
+        return {} if self.sampling.greedy else {"sampling": self.sampling.to_json()}
+
+    @property
+    def trace_samples(self) -> int:
+        """Continuations recorded per prompt: one greedy; at T > 0 `SAMPLED_TRACE_SAMPLES` (a sampled
+        acceptance is noisier, and the prompts stay few)."""
+        return 1 if self.sampling.greedy else SAMPLED_TRACE_SAMPLES
 
     @property
     def cost_path(self) -> Path:
@@ -131,19 +146,20 @@ class Pipeline:
         head_digest = digest(self.head / "model.safetensors")
         dev = self.device
         self.stage("profile", {"preset": b.profile_preset, "head": head_digest, "device": dev}, self.profile)
-        # greedy traces depend on the dtype (numerics), not on the thread count
+        # traces depend on the dtype (numerics) and the sampling setting, not on the thread count
+        sm = self.sampling_marker
         self.stage("trace", {"prompts": b.trace_prompts, "tokens": b.trace_tokens, "head": head_digest,
-                             "dtype": dev["dtype"]}, self.trace)
+                             "dtype": dev["dtype"], **sm}, self.trace)
         inputs = {"traces": digest(self.trace_dir), "cost": digest(self.cost_path)}
         sim_policy = Path(self.stage("pretrain", {"budget": asdict(b), **inputs}, self.pretrain)["policies"])
         self.stage("sim_eval", {"policies": digest(sim_policy), **inputs}, lambda: self.sim_eval(sim_policy))
-        grid = grid_setting(self.stage("grid", {"trials": b.grid_trials, "device": dev, **inputs}, self.grid))
+        grid = grid_setting(self.stage("grid", {"trials": b.grid_trials, "device": dev, **inputs, **sm}, self.grid))
         ltd_policy = self.run_dir / "finetune" / "policies"
-        self.stage("finetune", {"minutes": b.finetune_minutes, "policies": digest(sim_policy), "device": dev},
+        self.stage("finetune", {"minutes": b.finetune_minutes, "policies": digest(sim_policy), "device": dev, **sm},
                    lambda: self.finetune(sim_policy))
         self.stage("bench", {"budget": asdict(b), "ltd": digest(ltd_policy), "sim": digest(sim_policy),
-                             "grid": list(grid), "device": dev}, lambda: self.bench(sim_policy, ltd_policy, grid))
-        write_report(self.run_dir, b, self.summaries)
+                             "grid": list(grid), "device": dev, **sm}, lambda: self.bench(sim_policy, ltd_policy, grid))
+        write_report(self.run_dir, b, self.summaries, self.sampling)
         return self.summaries
 
     # -- stages ---------------------------------------------------------------------------------
@@ -188,7 +204,8 @@ class Pipeline:
         pair = load_pair(self.target, str(self.head), "eagle3", dtype=self.dtype)
         return record_prompts(pair, default_trace_prompts(self.budget.trace_prompts), self.trace_dir,
                               lambda t: encode_prompt(pair.target.tokenizer, t), self.budget.trace_tokens,
-                              info=trace_origin(pair, self.head))
+                              info=trace_origin(pair, self.head), sampling=self.sampling,
+                              samples=self.trace_samples, seed=0)
 
     def pretrain(self) -> dict:
         from ltd_sim.train import PretrainConfig, pretrain
@@ -231,13 +248,15 @@ class Pipeline:
 
         return run_tune("grid", str(self.trace_dir), str(self.cost_path), self.run_dir / "tune",
                         trials=self.budget.grid_trials, confirm=3, pair=self.pair(),
-                        prompts=self.encoded_trace_prompts(), max_new_tokens=self.budget.trace_tokens, log=self.log)
+                        prompts=self.encoded_trace_prompts(), max_new_tokens=self.budget.trace_tokens, log=self.log,
+                        sampling=self.sampling)
 
     def finetune(self, sim_policy: Path) -> dict:
-        from realrun.finetune import run_finetune
+        from realrun.finetune import FinetuneConfig, run_finetune
 
+        cfg = FinetuneConfig(temperature=self.sampling.temperature, top_p=self.sampling.top_p)
         return run_finetune(self.pair(), sim_policy, self.run_dir / "finetune", self.encoded_trace_prompts(),
-                            minutes=self.budget.finetune_minutes, resume=True, log=self.log)
+                            minutes=self.budget.finetune_minutes, cfg=cfg, resume=True, log=self.log)
 
     def bench(self, sim_policy: Path, ltd_policy: Path, grid: tuple[int, int]) -> dict:
         from realrun.bench import BenchConfig, encode_questions, run_bench
@@ -248,7 +267,8 @@ class Pipeline:
         cfg = BenchConfig(methods=("ar", "eagle3", "grid", "ltd-sim", "ltd", "hf-assisted"),
                           policy_dir=ltd_policy, sim_policy_dir=sim_policy, grid_setting=grid,
                           max_new_tokens=b.bench_tokens, repeats=b.bench_repeats,
-                          peer_questions=b.bench_peer_questions)
+                          peer_questions=b.bench_peer_questions, temperature=self.sampling.temperature,
+                          top_p=self.sampling.top_p)
         report = run_bench(self.pair(), questions, cfg, out_dir=self.run_dir / "bench", log=self.log)
         return {"methods": report["methods"], "paired": report["paired"],
                 "headline_rate": report["settings"]["headline_rate"]}
@@ -280,7 +300,7 @@ def grid_setting(summary: dict) -> tuple[int, int]:
     return int(chosen["depth"]), int(chosen["size"])
 
 
-def write_report(run_dir: Path, budget: StageBudget, summaries: dict) -> Path:
+def write_report(run_dir: Path, budget: StageBudget, summaries: dict, sampling: Sampling = Sampling()) -> Path:
     """report.md + report.json of the whole run: which budget made it, each stage, the figures."""
     from ltd_sim.io import write_bytes
 
@@ -289,7 +309,10 @@ def write_report(run_dir: Path, budget: StageBudget, summaries: dict) -> Path:
     device = _device_line(run_dir)
     lines = [f"# LTD pipeline report: `{run_dir.name}`", "",
              f"- budget: **{budget.name}** ({', '.join(f'{k}={v}' for k, v in asdict(budget).items() if k != 'name')})",
-             f"- device: {device}", ""]
+             f"- device: {device}",
+             f"- sampling: **{sampling.label()}**: every stage ran at it (traces, grid confirmation, fine-tuning, "
+             "bench)" + ("" if sampling.greedy else f"; {SAMPLED_TRACE_SAMPLES} sampled continuations per trace "
+                         "prompt; the bench checks each method's output law against plain sampling"), ""]
     advice = recommendation(summaries)
     if advice:
         lines += ["## Recommendation", "", advice, ""]
@@ -324,7 +347,7 @@ def write_report(run_dir: Path, budget: StageBudget, summaries: dict) -> Path:
     text = "\n".join(lines) + "\n"
     write_bytes(run_dir / "report.md", text.encode())
     write_json(run_dir / "report.json", {"budget": asdict(budget), "device": device, "recommendation": advice,
-                                         "stages": summaries})
+                                         "sampling": sampling.to_json(), "stages": summaries})
     return run_dir / "report.md"
 
 
@@ -360,7 +383,7 @@ def _device_line(run_dir: Path) -> str:
 
 
 def run_pipeline(run_dir: Path, budget_name: str, target: str | None = None, draft: str | None = None,
-                 dtype: str | None = None) -> Path:
+                 dtype: str | None = None, sampling: Sampling = Sampling()) -> Path:
     """Run (or resume) every stage in `run_dir` at the named budget, on this process's threads (see
     `profiler.device.pin_threads`) and `dtype`; returns the report's path. A run folder keeps the budget
     it was made with."""
@@ -374,5 +397,5 @@ def run_pipeline(run_dir: Path, budget_name: str, target: str | None = None, dra
             raise LTDError(f"{run_dir} was made with the {made_with!r} budget; use another --out for a "
                            f"{budget.name!r} run")
     write_json(marker, asdict(budget))
-    Pipeline(run_dir, budget, target, draft, dtype=dtype).run()
+    Pipeline(run_dir, budget, target, draft, dtype=dtype, sampling=sampling).run()
     return run_dir / "report.md"

@@ -22,6 +22,7 @@ from ltd_sim.trace import (MANIFEST, Sampling, TraceSequence, load_sequence, sav
                            write_manifest)
 from ltd_sim.tree import DraftTree
 from realrun.decoder import DecodeConfig, generate
+from realrun.sampling import stream_seed
 
 
 def record_sequence(target, drafter, prompt_ids, max_new_tokens: int = defaults.MAX_NEW_TOKENS,
@@ -52,11 +53,6 @@ def record_sequence(target, drafter, prompt_ids, max_new_tokens: int = defaults.
     if not sampling.greedy:
         info["seed"] = int(seed)
     return TraceSequence.from_trees(trees, result.token_ids, contexts, top_k, max_depth, info, sampling)
-
-
-def sample_seed(run_seed: int, prompt: int, sample: int) -> int:
-    """The seed of one (prompt, sample) continuation: independent streams from one run seed."""
-    return int(np.random.SeedSequence([run_seed, prompt, sample]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def check_folder_settings(out_dir: Path, settings: dict) -> None:
@@ -124,7 +120,7 @@ def record_prompts(pair, prompts: list[dict], out_dir: str | Path, encode, max_n
             seq = record_sequence(pair.target.model, pair.drafter, ids, max_new_tokens, top_k, max_depth,
                                   pair.eos_ids, pair.context_limit,
                                   {"prompt_id": prompt["id"], "category": prompt["category"], "sample": j},
-                                  sampling, None if sampling.greedy else sample_seed(seed, i, j))
+                                  sampling, None if sampling.greedy else stream_seed(seed, i, j))
             save_sequence(path, seq)
             recorded += 1
             positions += seq.num_positions

@@ -18,6 +18,12 @@ import torch
 from ltd_sim.tree import children_lists
 
 
+def stream_seed(run_seed: int, *keys: int) -> int:
+    """The seed of one sampled generation, e.g. (prompt, sample) or (method, question, repeat): an
+    independent stream per key tuple, derived from one run seed."""
+    return int(np.random.SeedSequence([run_seed, *keys]).generate_state(1, np.uint64)[0] >> 1)
+
+
 def target_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
     """Rows of logits [m, V] -> sampling distributions (temperature, then nucleus top-p)."""
     probs = torch.softmax(logits.float() / temperature, dim=-1)

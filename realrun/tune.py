@@ -38,7 +38,7 @@ from pathlib import Path
 
 from ltd_sim.errors import LTDError
 from ltd_sim.io import write_json
-from ltd_sim.trace import split_prompts
+from ltd_sim.trace import require_sampling, split_prompts
 from realrun.measure import DECODE_RATE, END_TO_END_RATE, measure_many
 from realrun.simulate import cost_device
 
@@ -152,11 +152,12 @@ def check_options(kind: str, trials: int | None, confirm: int, trial_steps: int,
 
 def run_tune(kind: str, traces, cost, out_dir, trials: int | None = None, storage: str | None = None,
              study: str | None = None, confirm: int = 0, pair=None, prompts=None, trial_steps: int = 20_000, max_new_tokens: int = 64,
-             seed: int | None = None, log=print) -> dict:
+             seed: int | None = None, log=print, sampling=None) -> dict:
     """Run `trials` trials (None: `DEFAULT_TRIALS`) of the `kind` study in this worker (others may share the study), then
     confirm the best `confirm` on the real decoder (`pair`, `prompts`: token-id sequences, of which
-    `confirm_prompts` are decoded). Writes OUT/tune_KIND.json (and OUT/grid.json or OUT/policies)
-    and returns its content."""
+    `confirm_prompts` are decoded). The confirmation decodes at the traces' sampling setting; `sampling`
+    (a `ltd_sim.trace.Sampling`), when given, must be that setting. Writes OUT/tune_KIND.json (and
+    OUT/grid.json or OUT/policies) and returns its content."""
     import optuna
 
     trials = check_options(kind, trials, confirm, trial_steps,
@@ -169,6 +170,11 @@ def run_tune(kind: str, traces, cost, out_dir, trials: int | None = None, storag
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     tv = tables.get("trainval")
+    if sampling is not None:
+        require_sampling(tv.sampling, sampling, f"--traces {traces}")
+    sampling = tv.sampling[0]
+    if len(tv.sampling) > 1 and confirm:
+        raise LTDError(f"--traces {traces} mixes sampling settings; --confirm decodes at one (record one setting)")
     sampler = optuna.samplers.TPESampler(seed=seed)
     if kind == "grid" and trials >= tv.max_depth * len(tv.grid):  # enough trials: the whole grid, shared
         sampler = optuna.samplers.GridSampler({"depth": list(range(1, tv.max_depth + 1)), "size": list(tv.grid)},
@@ -208,17 +214,17 @@ def run_tune(kind: str, traces, cost, out_dir, trials: int | None = None, storag
     summary = {"kind": kind, "study": name, "trials": len(done), "best_trial": ranked[0].number,
                "best_params": ranked[0].params, "best_value": ranked[0].value,
                "workers": sorted({t.user_attrs.get("worker", "?") for t in done}),
-               "traces": str(traces), "cost": str(cost)}
+               "traces": str(traces), "cost": str(cost), "sampling": [x.to_json() for x in tv.sampling]}
     encoded = confirm_prompts(list(prompts)) if confirm else []
     if kind == "grid":
-        summary.update(_finish_grid(ranked, tv, confirm, pair, encoded, max_new_tokens, out, summary, log))
+        summary.update(_finish_grid(ranked, tv, confirm, pair, encoded, max_new_tokens, out, summary, log, sampling))
     else:
-        summary.update(_finish_ppo(ranked, confirm, pair, encoded, max_new_tokens, out, log))
+        summary.update(_finish_ppo(ranked, confirm, pair, encoded, max_new_tokens, out, log, sampling))
     write_json(out / f"tune_{kind}.json", summary)
     return summary
 
 
-def _finish_grid(ranked, tv, confirm, pair, prompts, max_new, out: Path, summary: dict, log) -> dict:
+def _finish_grid(ranked, tv, confirm, pair, prompts, max_new, out: Path, summary: dict, log, sampling) -> dict:
     from ltd_sim.sim import NO_DRAFT, simulate_static
 
     seen, candidates = set(), []
@@ -237,7 +243,8 @@ def _finish_grid(ranked, tv, confirm, pair, prompts, max_new, out: Path, summary
         from ltd_sim.control import StaticDepth, StaticSize
         from realrun.decoder import DecodeConfig
 
-        cfg = DecodeConfig(max_new_tokens=max_new, top_k=tv.top_k, max_depth=tv.max_depth)
+        cfg = DecodeConfig(max_new_tokens=max_new, top_k=tv.top_k, max_depth=tv.max_depth,
+                           temperature=sampling.temperature, top_p=sampling.top_p, seed=0)
         runs = measure_many(pair, prompts, [(StaticDepth(c["depth"]), StaticSize(c["size"])) for c in candidates], cfg)
         for c, r in zip(candidates, runs):
             c[MEASURED_DECODE], c[MEASURED_END_TO_END] = r.decode_tokens_per_s, r.end_to_end_tokens_per_s
@@ -251,14 +258,14 @@ def _finish_grid(ranked, tv, confirm, pair, prompts, max_new, out: Path, summary
             MEASURED_DECODE: chosen[MEASURED_DECODE], MEASURED_END_TO_END: chosen[MEASURED_END_TO_END],
             "candidates": candidates,
             "study": summary["study"], "trials": summary["trials"], "traces": summary["traces"],
-            "cost": summary["cost"]}
+            "cost": summary["cost"], "sampling": summary["sampling"]}
     write_json(out / "grid.json", grid)
     log(f"tune grid: D={grid['depth']} V={grid['size']} ({grid['source']}) -> {out / 'grid.json'}")
     return {"grid": str(out / "grid.json"), "chosen": {"depth": chosen["depth"], "size": chosen["size"]},
             "confirmed": measured}
 
 
-def _finish_ppo(ranked, confirm, pair, prompts, max_new, out: Path, log) -> dict:
+def _finish_ppo(ranked, confirm, pair, prompts, max_new, out: Path, log, sampling) -> dict:
     from ltd_sim.policy import PolicyController, load_policies, save_policies
     from realrun.decoder import DecodeConfig
 
@@ -268,7 +275,8 @@ def _finish_ppo(ranked, confirm, pair, prompts, max_new, out: Path, log) -> dict
     confirmed = []
     if confirm:  # the best trials' policies measured side by side, interleaved prompt by prompt
         ctrls = [PolicyController(t.user_attrs["policies"]) for t in ranked[:confirm]]
-        cfg = DecodeConfig(max_new_tokens=max_new, top_k=ctrls[0].spec.top_k, max_depth=ctrls[0].spec.max_depth)
+        cfg = DecodeConfig(max_new_tokens=max_new, top_k=ctrls[0].spec.top_k, max_depth=ctrls[0].spec.max_depth,
+                           temperature=sampling.temperature, top_p=sampling.top_p, seed=0)
         for t, res in zip(ranked, measure_many(pair, prompts, [(c, c) for c in ctrls], cfg)):
             confirmed.append({"trial": t.number, "params": t.params, "simulated_tokens_per_s": t.value,
                               MEASURED_DECODE: res.decode_tokens_per_s,

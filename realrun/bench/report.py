@@ -20,7 +20,7 @@ from realrun.measure import DECODE_RATE, END_TO_END_RATE, RATE_LABELS
 PLOTS = ("tokens_per_s.png", "acceptance.png", "tau_by_category.png")
 
 
-def build_report(runs: dict[str, list[QuestionRun]], mismatches: dict[str, list[dict]], qs: list[Question],
+def build_report(runs: dict[str, list[QuestionRun]], checks: dict, qs: list[Question],
                  settings: dict[str, dict], max_depth: int, cfg: BenchConfig, fingerprint: dict,
                  grid_info: dict | None) -> dict:
     """report.json's content: per method, per category, paired ratios, the device, the settings, every run."""
@@ -41,10 +41,12 @@ def build_report(runs: dict[str, list[QuestionRun]], mismatches: dict[str, list[
     paired = {f"{a}/{b}": paired_ratio(runs[a], runs[b], HEADLINE_RATE) for b in baselines for a in names
               if a != b and not (b == "grid" and a in ("ar",) + PEER_METHODS)}
     return {
-        "methods": method_summaries(runs, mismatches, settings, max_depth), "device": fingerprint,
+        "methods": method_summaries(runs, checks, settings, max_depth), "device": fingerprint,
         "categories": categories, "paired": paired, "grid": grid_info,
         "settings": {"max_new_tokens": cfg.max_new_tokens, "repeats": cfg.repeats, "warmups": cfg.warmups,
-                     "questions": len(qs), "peer_questions": cfg.peer_questions, "methods": names, "greedy": True,
+                     "questions": len(qs), "peer_questions": cfg.peer_questions, "methods": names, "greedy": cfg.sampling.greedy,
+                     "sampling": cfg.sampling.to_json(), "sampling_label": cfg.sampling.label(),
+                     **({} if cfg.sampling.greedy else {"seed": cfg.seed, "law_seeds": cfg.law_seeds}),
                      "headline_rate": HEADLINE_RATE, "rates": RATE_LABELS,
                      "timing": "the decoder's device-synced clock (transformers' generate: perf_counter after a "
                                "device sync around the whole call)",
@@ -59,6 +61,17 @@ def _fmt(x, spec: str = ".2f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _verdict(m: dict) -> str:
+    """The lossless column: greedy equality, or (T > 0) the distributional check's p-values."""
+    law = m.get("law")
+    if law is not None:
+        if law["logprob_p"] is None and law["token_p"] is None:
+            return "reference"
+        ps = f"log-prob p {_fmt(law['logprob_p'], '.3f')}, token p {_fmt(law['token_p'], '.3f')}"
+        return f"{'yes' if law['passed'] else '**NO**'} ({ps})"
+    return "yes" if m["exact_match"] else ("yes (near-ties)" if m["lossless"] else "**NO**")
+
+
 def render_markdown(report: dict) -> str:
     """report.md: the device, the protocol, the method table, paired ratios, categories, mismatches."""
     dev, st, methods = report["device"], report["settings"], report["methods"]
@@ -69,7 +82,8 @@ def render_markdown(report: dict) -> str:
              f"{_fmt((dev.get('loadavg_end') or [None])[0])} at end). Target {dev['target']}, draft {dev['draft'] or '-'}; "
              f"{dev['date']}.", "",
              f"{st['questions']} questions x {st['repeats']} repeats ({st['warmups']} warm-ups per method), "
-             f"greedy, at most {st['max_new_tokens']} new tokens; methods interleaved per question; "
+             f"{st.get('sampling_label', 'greedy')}, at most {st['max_new_tokens']} new tokens; "
+             "methods interleaved per question; "
              f"timing: {st['timing']}; speedup = {st['speedup']}"
              + (f"; {', '.join(n for n in PEER_METHODS if n in methods)} on the first {st['peer_questions']} "
                 "questions only (speedup against ar on those)" if st.get("peer_questions") else "") + ".", "",
@@ -80,7 +94,7 @@ def render_markdown(report: dict) -> str:
              "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"]
     for name, m in methods.items():
         acc = (m.get("acceptance_by_position") or []) + [None] * 3
-        flag = "yes" if m["exact_match"] else ("yes (near-ties)" if m["lossless"] else "**NO**")
+        flag = _verdict(m)
         lines.append(f"| {name} | {m[END_TO_END_RATE]:.2f} | {_fmt(m[DECODE_RATE])} | {_fmt(m['speedup'], '.3f')} | "
                      f"{_fmt(m['decode_speedup'], '.3f')} | {_fmt(m['tau'])} | {flag} | "
                      f"{100 * m['policy_overhead']:.2f}% | {_fmt(acc[0])} | {_fmt(acc[1])} | {_fmt(acc[2])} | "

@@ -10,10 +10,15 @@ from ltd_sim import defaults
 
 def add_parser(sub) -> None:
     from realrun.bench import METHODS, SWEEP_QUESTIONS, SWEEP_TOKENS
-    from realrun.cli.options import add_decode_options
+    from realrun.bench.run import LAW_SEEDS
+    from realrun.cli.options import add_decode_options, add_sampling_options
 
     p = sub.add_parser("bench", help="benchmark decoding methods side by side (Spec-Bench protocol)")
     add_decode_options(p)
+    add_sampling_options(p)
+    p.add_argument("--seed", type=int, default=0, help="T > 0: the run seed every generation's seed derives from")
+    p.add_argument("--law-seeds", type=int, default=LAW_SEEDS,
+                   help="T > 0: short runs per method for the distributional check's first-cycle token test")
     p.add_argument("--questions", default=None,
                    help="Spec-Bench jsonl (question_id, category, turns), {\"prompt\"} jsonl or text lines; default: "
                         "the built-in held-out set, HumanEval 80-163 (coding) + a chat set (chat)")
@@ -63,7 +68,9 @@ def cmd_bench(args) -> int:
                       grid_setting=grid_from_file(args.grid_from) if args.grid_from else args.grid,
                       max_new_tokens=args.max_new_tokens, repeats=args.repeats, warmups=args.warmups,
                       hf_draft=args.hf_draft, hf_tokens=args.hf_tokens, sweep_questions=args.sweep_questions,
-                      sweep_tokens=args.sweep_tokens, peer_questions=args.peer_questions).validate()
+                      sweep_tokens=args.sweep_tokens, peer_questions=args.peer_questions,
+                      temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                      law_seeds=args.law_seeds).validate()
     cats = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
     records = read_questions(args.questions, cats, args.limit)
     pin_threads(args.threads)
@@ -75,7 +82,8 @@ def cmd_bench(args) -> int:
         print(json.dumps({k: v for k, v in report.items() if k != "runs"}))
         return 0
     print(f"{report['settings']['questions']} questions x {report['settings']['repeats']} repeats on "
-          f"{report['device']['device']}; tok/s = end-to-end rate (prefill included)")
+          f"{report['device']['device']}, {report['settings']['sampling_label']}; "
+          "tok/s = end-to-end rate (prefill included)")
     print(f"{'method':12s} {'tok/s':>8s} {'speedup':>8s} {'tau':>6s}  lossless  policy")
     for name, m in report["methods"].items():
         tau = "-" if m["tau"] is None else f"{m['tau']:.2f}"

@@ -7,13 +7,14 @@ import sys
 
 
 def add_parser(sub) -> None:
-    from realrun.cli.options import add_decode_options, add_threads_option
+    from realrun.cli.options import add_decode_options, add_sampling_options, add_threads_option
     from realrun.finetune import DEFAULT_STEPS, FinetuneConfig
 
     d = FinetuneConfig()
     p = sub.add_parser("finetune", help="fine-tune LTD policies with PPO on the real decoder")
     add_decode_options(p)
     add_threads_option(p)
+    add_sampling_options(p)
     p.add_argument("--policy", required=True, help="policy folder to start from (from `ltd pretrain`: OUT/policies)")
     p.add_argument("--out", required=True, help="run folder: policies/ (best validated), checkpoints/, state.json, tb/")
     p.add_argument("--prompts", required=True,
@@ -47,7 +48,7 @@ def cmd_finetune(args) -> int:
 
     cfg = FinetuneConfig(rounds=args.rounds, n_steps=args.n_steps, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, max_new_tokens=args.max_new_tokens,
-                         reward=args.reward, seed=args.seed)
+                         reward=args.reward, seed=args.seed, temperature=args.temperature, top_p=args.top_p)
     steps, minutes = check_options(args.policy, args.out, args.steps, args.minutes, cfg,
                                    has_draft=args.draft is not None, resume=args.resume)
     prompts = read_prompts(args.prompts, args.limit)

@@ -18,3 +18,11 @@ def add_threads_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="run on N cores with N torch threads: the device setting fingerprints record "
                         "(default: every core)")
+
+
+def add_sampling_options(p: argparse.ArgumentParser, default_temperature: float | None = 0.0,
+                         default_help: str = "0: greedy") -> None:
+    """--temperature T --top-p P: decode by sampling at that setting (T = 0: greedy)."""
+    p.add_argument("--temperature", type=float, default=default_temperature,
+                   help=f"sample at this temperature (default {default_help}; policies trained at another say so)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature)")

@@ -10,7 +10,7 @@ from realrun.pipeline import BUDGETS
 
 
 def add_parser(sub) -> None:
-    from realrun.cli.options import add_threads_option
+    from realrun.cli.options import add_sampling_options, add_threads_option
 
     p = sub.add_parser("pipeline", help="the whole job: draft head, profile, trace, pretrain, finetune, bench")
     p.add_argument("--out", default="runs/default", help="run directory (resumed when it exists)")
@@ -21,20 +21,23 @@ def add_parser(sub) -> None:
                    help="full (default), quick (= --quick), tiny (seconds; for tests on tiny models)")
     p.add_argument("--dtype", default="auto", help="the target's dtype: float32, bfloat16 (default: fp32 on CPU)")
     add_threads_option(p)
+    add_sampling_options(p)  # every stage at this setting
     p.set_defaults(func=cmd_pipeline)
 
 
 def cmd_pipeline(args) -> int:
+    from ltd_sim.trace import Sampling
     from profiler.device import pin_threads
     from realrun.loading import set_threads
     from realrun.pipeline import run_pipeline
 
+    sampling = Sampling(args.temperature, args.top_p)
     if args.quick and args.budget not in (None, "quick"):
         raise LTDError(f"--quick and --budget {args.budget} contradict each other")
     pin_threads(args.threads)
     set_threads()
     t0 = time.perf_counter()
     report = run_pipeline(Path(args.out), args.budget or ("quick" if args.quick else "full"), args.target, args.draft,
-                          args.dtype)
+                          args.dtype, sampling)
     print(f"pipeline done in {time.perf_counter() - t0:.0f} s: {report}")
     return 0

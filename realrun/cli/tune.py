@@ -7,7 +7,7 @@ import sys
 
 
 def add_parser(sub) -> None:
-    from realrun.cli.options import add_decode_options
+    from realrun.cli.options import add_decode_options, add_sampling_options
     from realrun.tune import DEFAULT_TRIALS
 
     p = sub.add_parser("tune", help="Optuna: PPO + feature hyperparameters (ppo) or the static (D, V) grid (grid)")
@@ -25,6 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--trial-steps", type=int, default=20_000, help="ppo: stage-1 env steps per policy per trial")
     p.add_argument("--seed", type=int, default=None, help="sampler seed (leave unset when workers share a study)")
     add_decode_options(p)
+    add_sampling_options(p, None, "the traces' setting; another one is refused")  # --confirm decodes at it
     p.add_argument("--prompts", default=None, help="confirmation prompts (Spec-Bench jsonl or lines; "
                                                    "their validation fifth is decoded)")
     p.add_argument("--limit", type=int, default=None, help="first N prompts only")
@@ -35,7 +36,10 @@ def add_parser(sub) -> None:
 
 
 def cmd_tune(args) -> int:
+    from ltd_sim.trace import Sampling
     from realrun.tune import check_options, run_tune
+
+    sampling = None if args.temperature is None else Sampling(args.temperature, args.top_p)
 
     trials = check_options(args.kind, args.trials, args.confirm, args.trial_steps,
                            has_decoder=args.draft is not None and args.prompts is not None)
@@ -52,7 +56,7 @@ def cmd_tune(args) -> int:
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
     summary = run_tune(args.kind, args.traces, args.cost, args.out, trials, storage=args.storage, study=args.study,
                        confirm=args.confirm, pair=pair, prompts=prompts, trial_steps=args.trial_steps,
-                       max_new_tokens=args.max_new_tokens, seed=args.seed, log=log)
+                       max_new_tokens=args.max_new_tokens, seed=args.seed, log=log, sampling=sampling)
     if args.json:
         print(json.dumps(summary))
     return 0

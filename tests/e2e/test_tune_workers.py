@@ -40,5 +40,9 @@ def test_two_workers_share_one_sqlite_study(data, tmp_path):
     assert len({t.user_attrs["worker"] for t in done}) == 2, "trials from both workers"
     grid = json.loads((out / "grid.json").read_text())
     assert grid["format"] == GRID_FORMAT and grid["source"] == "simulated" and grid["top_k"] == K
-    assert 1 <= grid["depth"] <= DEPTH and grid["size"] in (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 60)
-    assert grid["simulated_tokens_per_s"] == pytest.approx(max(t.value for t in done))
+    assert 0 <= grid["depth"] <= DEPTH and grid["size"] in (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 60)
+    # the best of the trials, or no draft at all (D = 0) when plain decoding simulates faster
+    no_draft = [c["simulated_tokens_per_s"] for c in grid["candidates"] if c["depth"] == 0]
+    best = max([t.value for t in done] + no_draft)
+    assert grid["simulated_tokens_per_s"] == pytest.approx(best)
+    assert grid["depth"] > 0 or grid["size"] == 0

@@ -181,3 +181,17 @@ def test_numpy_actor_equals_sb3_predict(run):
         actor = NumpyActor.from_model(model)
         assert actor is not None
         np.testing.assert_array_equal([actor.act(x) for x in feats], predict(model, feats))
+
+
+def test_finetune_samples_at_its_setting(pair, run, tmp_path):
+    """Fine-tuning at T > 0: the policies trained on greedy traces say so once, and the fine-tuned spec
+    records both settings; a bad temperature fails in one line."""
+    logs = []
+    cfg = FinetuneConfig(n_steps=8, batch_size=8, n_epochs=1, max_new_tokens=NEW, temperature=1.0, top_p=0.9)
+    run_finetune(pair, run / "pre" / "policies", tmp_path / "ft", [prompt(i) for i in range(3)], steps=16, cfg=cfg,
+                 progress=False, log=logs.append)
+    assert sum("trained on traces at greedy (T = 0)" in m for m in logs) == 1
+    info = PolicyController(tmp_path / "ft" / "policies").info
+    assert info["sampling"] == [{"temperature": 0.0, "top_p": 1.0}, {"temperature": 1.0, "top_p": 0.9}]
+    with pytest.raises(LTDError, match="--temperature"):
+        FinetuneConfig(temperature=-0.5).validate()

@@ -79,3 +79,13 @@ def test_bad_options_fail_clearly(data, tmp_path, capsys):
                      "--out", str(tmp_path / "o"), *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("ltd: error:") and msg in err and "\n" not in err
+
+
+def test_grid_refuses_another_sampling_setting(data, tmp_path):
+    from ltd_sim.trace import Sampling
+
+    with pytest.raises(LTDError, match="recorded at greedy"):
+        run_tune("grid", data / "traces", data / "cost.json", tmp_path, trials=1, sampling=Sampling(0.7, 0.9))
+    summary = run_tune("grid", data / "traces", data / "cost.json", tmp_path, trials=1, sampling=Sampling(),
+                       log=lambda m: None)
+    assert summary["sampling"] == [{"temperature": 0.0, "top_p": 1.0}]
