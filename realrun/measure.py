@@ -211,18 +211,21 @@ class HFAssistedMethod:
 
 
 def measure_many(pair, prompts: list[list[int]], methods: list[ControllerPair], cfg: DecodeConfig,
-                 warmup: bool = True) -> list[Measurement]:
+                 warmup: bool = True, drafted: list[bool] | None = None) -> list[Measurement]:
     """Several (depth controller, size controller) methods on the drafter of `pair`, interleaved prompt by
     prompt with the order rotating, so that a change of machine load hits all of them alike.
+    `drafted[i]` False runs method i without the drafter (a setting that never drafts is plain
+    decoding: no hidden states kept for a catch-up that never comes).
 
     Returns one `Measurement` per method: both rates, tau and the controllers' share of the time."""
     if not prompts:
         raise LTDError("no prompts to measure on")
-    decoders = [DecoderMethod(f"m{i}", pair, pair.drafter, cfg, lambda m=m: m) for i, m in enumerate(methods)]
+    drafters = [pair.drafter if d else None for d in (drafted or [True] * len(methods))]
+    decoders = [DecoderMethod(f"m{i}", pair, drafters[i], cfg, lambda m=m: m) for i, m in enumerate(methods)]
     if warmup:  # first-call costs (allocations, kernels) belong to no method
         short = DecodeConfig(**{**asdict(cfg), "max_new_tokens": WARMUP_TOKENS})
-        for m in methods:
-            DecoderMethod("warmup", pair, pair.drafter, short, lambda m=m: m)(prompts[0])
+        for m, drafter in zip(methods, drafters):
+            DecoderMethod("warmup", pair, drafter, short, lambda m=m: m)(prompts[0])
     totals = [Measurement() for _ in methods]
     for j, ids in enumerate(prompts):
         # T > 0: every method samples prompt j with one seed (common random numbers: less noise between them)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -42,6 +43,7 @@ class StageBudget:
     bench_tokens: int
     bench_repeats: int
     bench_peer_questions: int  # eagle3 and hf-assisted (slow here) run on this many of the questions
+    bench_law_seeds: int = 100  # T > 0: short runs per method for the bench's first-cycle token test
 
 
 SAMPLED_TRACE_SAMPLES = 2  # T > 0: continuations recorded per trace prompt
@@ -59,7 +61,7 @@ BUDGETS = {
     "tiny": StageBudget("tiny", draft_minutes=0.4, profile_preset="tiny", trace_prompts=5, trace_tokens=16,
                    stage1_steps=1024, stage2_steps=512, rounds=1, finetune_minutes=0.15,
                    grid_trials=8, bench_questions=2, bench_tokens=12, bench_repeats=1,
-                   bench_peer_questions=1),
+                   bench_peer_questions=1, bench_law_seeds=20),
 }
 
 
@@ -116,8 +118,13 @@ class Pipeline:
     def trace_dir(self) -> Path:
         return self.run_dir / "traces"
 
-    def stage(self, name: str, config: dict, fn: Callable[[], dict]) -> dict:
-        """Run `fn` unless `stages/NAME.json` says it already ran with this `config`; returns its summary."""
+    def stage(self, name: str, config: dict, fn: Callable[[], dict], work: Path | None = None) -> dict:
+        """Run `fn` unless `stages/NAME.json` says it already ran with this `config`; returns its summary.
+
+        `work`: the stage's resumable folder (traces, PPO state, an Optuna study). An interrupted stage
+        resumes from it; but when the stage last finished with another configuration, the folder holds
+        a finished run of the old inputs, which the stage's own resumption would take as done: it is
+        moved aside to `WORK.stale` (the previous stale copy dropped) and the stage starts afresh."""
         config = json.loads(json.dumps(config))  # compare as stored (tuples become lists)
         marker = self.run_dir / "stages" / f"{name}.json"
         if marker.is_file():
@@ -129,6 +136,11 @@ class Pipeline:
                 self.log(f"[{name}] current, skipped ({marker})")
                 self.summaries[name] = done["summary"] | {"seconds": done.get("seconds", 0.0), "skipped": True}
                 return done["summary"]
+            if work is not None and work.exists():
+                stale = work.with_name(work.name + ".stale")
+                shutil.rmtree(stale, ignore_errors=True)
+                work.rename(stale)
+                self.log(f"[{name}] inputs changed since it last ran: its old work moved to {stale}")
         self.log(f"[{name}] running")
         t0 = time.perf_counter()
         summary = fn()
@@ -149,14 +161,16 @@ class Pipeline:
         # traces depend on the dtype (numerics) and the sampling setting, not on the thread count
         sm = self.sampling_marker
         self.stage("trace", {"prompts": b.trace_prompts, "tokens": b.trace_tokens, "head": head_digest,
-                             "dtype": dev["dtype"], **sm}, self.trace)
+                             "dtype": dev["dtype"], **sm}, self.trace, work=self.trace_dir)
         inputs = {"traces": digest(self.trace_dir), "cost": digest(self.cost_path)}
-        sim_policy = Path(self.stage("pretrain", {"budget": asdict(b), **inputs}, self.pretrain)["policies"])
+        sim_policy = Path(self.stage("pretrain", {"budget": asdict(b), **inputs}, self.pretrain,
+                                     work=self.run_dir / "pretrain")["policies"])
         self.stage("sim_eval", {"policies": digest(sim_policy), **inputs}, lambda: self.sim_eval(sim_policy))
-        grid = grid_setting(self.stage("grid", {"trials": b.grid_trials, "device": dev, **inputs, **sm}, self.grid))
+        grid = grid_setting(self.stage("grid", {"trials": b.grid_trials, "device": dev, **inputs, **sm}, self.grid,
+                                       work=self.run_dir / "tune"))
         ltd_policy = self.run_dir / "finetune" / "policies"
         self.stage("finetune", {"minutes": b.finetune_minutes, "policies": digest(sim_policy), "device": dev, **sm},
-                   lambda: self.finetune(sim_policy))
+                   lambda: self.finetune(sim_policy), work=self.run_dir / "finetune")
         self.stage("bench", {"budget": asdict(b), "ltd": digest(ltd_policy), "sim": digest(sim_policy),
                              "grid": list(grid), "device": dev, **sm}, lambda: self.bench(sim_policy, ltd_policy, grid))
         write_report(self.run_dir, b, self.summaries, self.sampling)
@@ -268,7 +282,7 @@ class Pipeline:
                           policy_dir=ltd_policy, sim_policy_dir=sim_policy, grid_setting=grid,
                           max_new_tokens=b.bench_tokens, repeats=b.bench_repeats,
                           peer_questions=b.bench_peer_questions, temperature=self.sampling.temperature,
-                          top_p=self.sampling.top_p)
+                          top_p=self.sampling.top_p, law_seeds=b.bench_law_seeds)
         report = run_bench(self.pair(), questions, cfg, out_dir=self.run_dir / "bench", log=self.log)
         return {"methods": report["methods"], "paired": report["paired"],
                 "headline_rate": report["settings"]["headline_rate"]}
@@ -382,6 +396,18 @@ def _device_line(run_dir: Path) -> str:
         return "unknown"
 
 
+def check_run_sampling(run_dir: Path, sampling: Sampling) -> None:
+    """A run folder keeps the sampling setting it was made at (its traces, policies and bench belong to
+    it): another setting is refused in one line, before anything is touched."""
+    marker = run_dir / "stages" / "sampling.json"
+    made_at = Sampling.from_json(read_json(marker, "the run's sampling marker")) if marker.is_file() else None
+    if made_at is None and (run_dir / "stages" / "trace.json").is_file():
+        made_at = Sampling()  # a run made before sampling settings existed: greedy
+    if made_at is not None and made_at != sampling:
+        raise LTDError(f"{run_dir} was made at {made_at.label()}; use another --out for a run at {sampling.label()}")
+    write_json(marker, sampling.to_json())
+
+
 def run_pipeline(run_dir: Path, budget_name: str, target: str | None = None, draft: str | None = None,
                  dtype: str | None = None, sampling: Sampling = Sampling()) -> Path:
     """Run (or resume) every stage in `run_dir` at the named budget, on this process's threads (see
@@ -396,6 +422,7 @@ def run_pipeline(run_dir: Path, budget_name: str, target: str | None = None, dra
         if made_with != budget.name:
             raise LTDError(f"{run_dir} was made with the {made_with!r} budget; use another --out for a "
                            f"{budget.name!r} run")
+    check_run_sampling(run_dir, sampling)
     write_json(marker, asdict(budget))
     Pipeline(run_dir, budget, target, draft, dtype=dtype, sampling=sampling).run()
     return run_dir / "report.md"

@@ -142,21 +142,23 @@ def run_port(opts: PortOptions, log=print) -> dict:
     if check.valid:
         log(f"[trace] reusing {src / 'traces'}: {check.reason}")
         p.stage("trace", {**trace_config, "from": str(src.resolve()), "origin": here},
-                lambda: _copy_traces(src / "traces", p.trace_dir))
+                lambda: _copy_traces(src / "traces", p.trace_dir), work=p.trace_dir)
     else:
         log(f"[trace] re-tracing on this device: {check.reason}")
-        p.stage("trace", trace_config, p.trace)
+        p.stage("trace", trace_config, p.trace, work=p.trace_dir)
 
     inputs = {"traces": digest(p.trace_dir), "cost": digest(p.cost_path)}
-    sim_policy = Path(p.stage("pretrain", {"budget": asdict(budget), **inputs}, p.pretrain)["policies"])
+    sim_policy = Path(p.stage("pretrain", {"budget": asdict(budget), **inputs}, p.pretrain,
+                              work=out / "pretrain")["policies"])
     p.stage("sim_eval", {"policies": digest(sim_policy), **inputs}, lambda: p.sim_eval(sim_policy))
     p.stage("sim_unported", {"policies": digest(a_policy), **inputs}, lambda: sim_unported(p, a_policy))
-    grid = grid_setting(p.stage("grid", {"trials": budget.grid_trials, "device": dev, **inputs}, p.grid))
+    grid = grid_setting(p.stage("grid", {"trials": budget.grid_trials, "device": dev, **inputs}, p.grid,
+                                work=out / "tune"))
     ported = sim_policy
     if opts.finetune_minutes > 0:
         ported = out / "finetune" / "policies"
         p.stage("finetune", {"minutes": budget.finetune_minutes, "policies": digest(sim_policy), "device": dev},
-                lambda: p.finetune(sim_policy))
+                lambda: p.finetune(sim_policy), work=out / "finetune")
     p.stage("port_bench", {"ported": digest(ported), "unported": digest(a_policy), "grid": list(grid), "device": dev,
                            "questions": opts.bench_questions or budget.bench_questions,
                            "tokens": opts.bench_tokens or budget.bench_tokens},

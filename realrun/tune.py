@@ -245,7 +245,8 @@ def _finish_grid(ranked, tv, confirm, pair, prompts, max_new, out: Path, summary
 
         cfg = DecodeConfig(max_new_tokens=max_new, top_k=tv.top_k, max_depth=tv.max_depth,
                            temperature=sampling.temperature, top_p=sampling.top_p, seed=0)
-        runs = measure_many(pair, prompts, [(StaticDepth(c["depth"]), StaticSize(c["size"])) for c in candidates], cfg)
+        runs = measure_many(pair, prompts, [(StaticDepth(c["depth"]), StaticSize(c["size"])) for c in candidates], cfg,
+                            drafted=[c["depth"] > 0 for c in candidates])
         for c, r in zip(candidates, runs):
             c[MEASURED_DECODE], c[MEASURED_END_TO_END] = r.decode_tokens_per_s, r.end_to_end_tokens_per_s
             log(f"  confirm D={c['depth']} V={c['size']}: simulated {c['simulated_tokens_per_s']:.2f}, measured "

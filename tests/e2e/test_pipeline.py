@@ -40,6 +40,34 @@ def test_pipeline_end_to_end_and_resume(tiny_chat_target, tmp_path):
     stages = json.loads((run / "report.json").read_text())["stages"]
     assert not stages["bench"]["skipped"] and stages["finetune"]["skipped"]
 
+    # The folder belongs to its sampling setting: another one is refused before anything is touched.
+    before = sorted(p.name for p in (run / "stages").iterdir())
+    assert main(args + ["--temperature", "1.0"]) == 2
+    assert sorted(p.name for p in (run / "stages").iterdir()) == before
+
+
+def test_pipeline_at_a_sampling_setting(tiny_chat_target, tmp_path):
+    """Every stage at T = 1, top-p 0.9: sampled traces (two per prompt), policies that record the setting,
+    a bench whose distributional check stands in for greedy equality, a report that says so."""
+    from ltd_sim.policy import PolicyController
+    from ltd_sim.trace import load_traces
+    from realrun.cli import main
+    from realrun.eagle3 import random_head, save_head
+    from realrun.models import load_causal_lm
+
+    head = save_head(random_head(load_causal_lm(tiny_chat_target).model, draft_vocab_size=512), tmp_path / "head")
+    run = tmp_path / "run"
+    assert main(["pipeline", "--target", str(tiny_chat_target), "--draft", str(head), "--out", str(run),
+                 "--budget", "tiny", "--temperature", "1.0", "--top-p", "0.9"]) == 0
+    seqs = load_traces(run / "traces", "all")
+    assert {s.sampling.temperature for s in seqs} == {1.0} and {s.meta["sample"] for s in seqs} == {0, 1}
+    assert PolicyController(run / "finetune" / "policies").info["sampling"] == [{"temperature": 1.0, "top_p": 0.9}]
+    report = json.loads((run / "report.json").read_text())
+    assert report["sampling"] == {"temperature": 1.0, "top_p": 0.9}
+    for name, row in report["stages"]["bench"]["methods"].items():
+        assert row["exact_match"] is None and "law" in row, name
+    assert "T = 1, top-p 0.9" in (run / "report.md").read_text()
+
 
 def test_pipeline_bad_options(tmp_path, capsys):
     from realrun.cli import main
