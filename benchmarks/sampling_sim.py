@@ -9,9 +9,12 @@ Stages (each resumes: traces skip recorded sequences, pretraining resumes from i
      (`samples` sampled continuations per prompt at T > 0), RUN/traces_T<t>/;
   2. pretrain LTD in simulation on each temperature's train split (validated on its val split),
      RUN/ltd_T<t>/policies;
-  3. on each temperature's held-out test split: the oracle, autoregressive, the best static setting of
+  3. pretrain one policy on all temperatures' train splits together (validated on all val splits),
+     RUN/ltd_mixed/policies: the "one policy for every temperature" design, against per-temperature ones;
+  4. on each temperature's held-out test split: the oracle, autoregressive, the best static setting of
      that split, the static setting tuned on greedy traces (best on the greedy train + val splits) run at
-     this temperature, the heuristics, LTD trained at this temperature, LTD trained greedy.
+     this temperature, the heuristics, LTD trained at this temperature, LTD trained greedy, LTD trained
+     on the mix.
 Writes RUN/sampling_sim.json and RUN/sampling_sim.md.
 """
 
@@ -43,8 +46,11 @@ def record(run: Path, temperatures: list[float], top_p: float, n_prompts: int, t
         print(f"T={t}: {summary}", file=sys.stderr)
 
 
+TRACES_RUN: Path | None = None  # --traces-from: read another run's traces (one recording, several cost models)
+
+
 def trace_dir(run: Path, t: float) -> Path:
-    return run / f"traces_T{t:g}"
+    return (TRACES_RUN or run) / f"traces_T{t:g}"
 
 
 def policy_dir(run: Path, t: float) -> Path:
@@ -63,6 +69,22 @@ def train_policies(run: Path, cost: str, temperatures: list[float], stage1: int,
                        extra_spec={"traces": traces, "cost": cost, "device": cost_device(cost)})
         print(f"T={t}: LTD val {res.val_tokens_per_s:.2f} tok/s, best static {res.val_best_static:.2f}",
               file=sys.stderr)
+
+
+def train_mixed(run: Path, cost_path: str, temperatures: list[float], stage1: int, stage2: int, rounds: int) -> None:
+    from ltd_sim.sim import SimTables
+    from ltd_sim.train import PretrainConfig, pretrain
+    from ltd_sim.trace import load_traces
+    from realrun.simulate import cost_device, load_cost
+
+    cost = load_cost(cost_path)
+    tables = {split: SimTables.build([s for t in temperatures for s in load_traces(trace_dir(run, t), split)], cost)
+              for split in ("train", "val")}
+    cfg = PretrainConfig(stage1_steps=stage1, stage2_steps=stage2, rounds=rounds)
+    res = pretrain(tables["train"], tables["val"], run / "ltd_mixed", cfg, log=lambda m: print(m, file=sys.stderr),
+                   extra_spec={"traces": [str(trace_dir(run, t)) for t in temperatures], "cost": cost_path,
+                               "device": cost_device(cost_path)})
+    print(f"mixed: LTD val {res.val_tokens_per_s:.2f} tok/s, best static {res.val_best_static:.2f}", file=sys.stderr)
 
 
 def _schedule(tables, policies: Path):
@@ -101,6 +123,10 @@ def evaluate_all(run: Path, cost_path: str, temperatures: list[float]) -> dict:
         rows["ltd_trained_greedy"] = {"tokens_per_s": res.tokens_per_s, "tau": res.tau,
                                       "speedup": res.tokens_per_s / a_rate, "oracle_ratio": res.tokens_per_s / o_rate,
                                       "vs_best_static": res.tokens_per_s / best_rate}
+        res = simulate_tables(test, *_schedule(test, run / "ltd_mixed"))
+        rows["ltd_trained_on_mix"] = {"tokens_per_s": res.tokens_per_s, "tau": res.tau,
+                                      "speedup": res.tokens_per_s / a_rate, "oracle_ratio": res.tokens_per_s / o_rate,
+                                      "vs_best_static": res.tokens_per_s / best_rate}
         out["temperatures"][f"{t:g}"] = {"sequences": report["sequences"], "positions": report["positions"],
                                          "methods": rows, "static_grid": report["static_grid"]}
     return out
@@ -110,7 +136,8 @@ def markdown(result: dict, cost: str) -> str:
     lines = [f"Cost model: `{cost}`. Held-out test split of each temperature's traces. "
              f"Static setting tuned on greedy traces: (D, V) = {tuple(result['greedy_tuned_static'])}.", ""]
     temps = list(result["temperatures"])
-    names = ["oracle", "best_static", "greedy_tuned_static", "ltd", "ltd_trained_greedy", "confidence_stop",
+    names = ["oracle", "best_static", "greedy_tuned_static", "ltd", "ltd_trained_greedy", "ltd_trained_on_mix",
+             "confidence_stop",
              "confidence_skip", "entropy_stop", "transformers_heuristic", "eagle3", "autoregressive"]
     lines += ["| method | " + " | ".join(f"T = {t} tok/s (tau)" for t in temps) + " |",
               "|---|" + "---|" * len(temps)]
@@ -126,14 +153,17 @@ def markdown(result: dict, cost: str) -> str:
             cells.append(f"{row['tokens_per_s']:.2f} ({tau:.2f}){setting}" if tau is not None
                          else f"{row['tokens_per_s']:.2f}{setting}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "| T | LTD / best static | LTD trained greedy / best static | greedy-tuned static / best static |",
-              "|---|---|---|---|"]
+    lines += ["", "| T | LTD / best static | LTD trained greedy / best static | LTD trained on the mix / best static "
+              "| greedy-tuned static / best static | oracle / best static |",
+              "|---|---|---|---|---|---|"]
     for t in temps:
         m = result["temperatures"][t]["methods"]
         best = m["best_static"]["tokens_per_s"]
         lines.append(f"| {t} | {m['ltd']['tokens_per_s'] / best:.3f} | "
                      f"{m['ltd_trained_greedy']['tokens_per_s'] / best:.3f} | "
-                     f"{m['greedy_tuned_static']['tokens_per_s'] / best:.3f} |")
+                     f"{m['ltd_trained_on_mix']['tokens_per_s'] / best:.3f} | "
+                     f"{m['greedy_tuned_static']['tokens_per_s'] / best:.3f} | "
+                     f"{m['oracle']['tokens_per_s'] / best:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -150,12 +180,18 @@ def main() -> int:
     ap.add_argument("--stage2-steps", type=int, default=20_000)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--skip-record", action="store_true")
+    ap.add_argument("--traces-from", default=None, help="use this run folder's traces (implies --skip-record)")
     args = ap.parse_args()
     run = Path(args.run)
+    if args.traces_from:
+        global TRACES_RUN
+        TRACES_RUN = Path(args.traces_from)
+        args.skip_record = True
     temps = sorted(args.temperatures)
     if not args.skip_record:
         record(run, temps, args.top_p, args.prompts, args.tokens, args.samples)
     train_policies(run, args.cost, temps, args.stage1_steps, args.stage2_steps, args.rounds)
+    train_mixed(run, args.cost, temps, args.stage1_steps, args.stage2_steps, args.rounds)
     result = evaluate_all(run, args.cost, temps)
     write_json(run / "sampling_sim.json", result)
     md = markdown(result, args.cost)

@@ -18,7 +18,7 @@ from ltd_sim import defaults
 from ltd_sim.control import StaticDepth, StaticSize
 from ltd_sim.errors import LTDError
 from ltd_sim.trace import Sampling
-from realrun.bench.law import LawCheck, first_cycle_tokens, logprob_test, tempered_logprob, token_test
+from realrun.bench.law import LawCheck, check_law, law_sample
 from realrun.bench.questions import Question, as_questions
 from realrun.bench.stats import QuestionRun, paired_ratio, summarize
 from realrun.decoder import DecodeConfig
@@ -42,7 +42,8 @@ SWEEP_SIZES = (1, 2, 4, 8, 16, 32, 60)
 SWEEP_QUESTIONS = 2
 SWEEP_TOKENS = 48
 SWEEP_KEEP = 4
-LAW_SEEDS = 100  # T > 0: short runs per method on one question for the first-cycle token test
+LAW_SEEDS = 100  # T > 0: short runs per method on one question for the distributional check
+LAW_TOKENS = 8  # new tokens per such run
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,8 +98,8 @@ class BenchConfig:
     `sweep_questions` questions. `hf_draft`: a path, a module, or None (a layer-skip draft from the
     target). `peer_questions`: run the slow reference peers (`PEER_METHODS`) on the first N questions
     only. `temperature` > 0: every method samples at (temperature, top_p), each run with its own seed
-    derived from `seed`, and the distributional check (`law_seeds` short runs per method for its
-    token test) replaces greedy equality. Torch threads are the caller's (`realrun.loading.set_threads`)."""
+    derived from `seed` and shared by the methods (common random numbers), and the distributional check
+    (`law_seeds` short runs per method, seeds of their own) replaces greedy equality. Torch threads are the caller's (`realrun.loading.set_threads`)."""
 
     methods: str | list[str] | tuple[str, ...] = ("ar", "eagle3", "grid")
     policy_dir: str | os.PathLike | None = None
@@ -388,7 +389,7 @@ def run_bench(pair, questions: list, cfg: BenchConfig | None = None, out_dir: st
     runs, checks = _interleave(pair, qs, built, cfg, progress)
     fingerprint["loadavg_end"] = _loadavg()
     if not cfg.sampling.greedy:
-        checks = law_checks(pair, qs, built, cfg, runs, checks, log)
+        checks = law_checks(pair, qs, built, cfg, log)
     max_depth = max([getattr(m, "cfg", DecodeConfig()).max_depth for m in built.values()] + [1])
     report = build_report(runs, checks, qs, {n: m.settings for n, m in built.items()}, max_depth, cfg,
                           fingerprint, grid_info)
@@ -401,8 +402,8 @@ def _interleave(pair, qs: list[Question], built: dict[str, Method], cfg: BenchCo
                 ) -> tuple[dict[str, list[QuestionRun]], dict[str, list]]:
     """Every method on every question and repeat, the order rotated per question and repeat (a load
     burst then hits all methods alike rather than one). Greedy: every output checked against ar's
-    (the mismatches, per method). Sampling: every run has its own seed, and the tempered
-    log-probability of every output is kept for the distributional check (per method, in run order)."""
+    (the mismatches, per method). Sampling: the methods share one seed per (question, repeat), so
+    their speeds compare on like continuations (the law is checked apart, `law_checks`)."""
     names = list(built)
     greedy = cfg.sampling.greedy
     runs: dict[str, list[QuestionRun]] = {n: [] for n in names}
@@ -414,14 +415,11 @@ def _interleave(pair, qs: list[Question], built: dict[str, Method], cfg: BenchCo
             shift = (qi + rep) % len(names)
             here = [n for n in names[shift:] + names[:shift]
                     if not (cfg.peer_questions is not None and n in PEER_METHODS and qi >= cfg.peer_questions)]
+            seed = None if greedy else stream_seed(cfg.seed, qi, rep)
             for name in here:
-                seed = None if greedy else stream_seed(cfg.seed, names.index(name), qi, rep)
                 runs[name].append((q, rep, built[name](q.prompt_ids, seed=seed)))
-            for name in [n for n in names if n in here]:
+            for name in [n for n in names if n in here and greedy]:
                 out = runs[name][-1][2].tokens
-                if not greedy:
-                    checks[name].append(tempered_logprob(pair.target.model, q.prompt_ids, out, cfg.temperature))
-                    continue
                 ref = runs["ar"][-1][2].tokens
                 key = (q.qid, name, tuple(ref), tuple(out))
                 if key not in checked:
@@ -433,26 +431,19 @@ def _interleave(pair, qs: list[Question], built: dict[str, Method], cfg: BenchCo
     return runs, checks
 
 
-def law_checks(pair, qs: list[Question], built: dict[str, Method], cfg: BenchConfig,
-               runs: dict[str, list[QuestionRun]], logprobs: dict[str, list], log) -> dict[str, LawCheck]:
-    """T > 0: each method's distributional check against ar (`realrun.bench.law`): the paired tempered
-    log-probabilities of the timed runs, and `cfg.law_seeds` short runs per method on the first question
-    for the first-cycle token test (ar's own runs there are the reference sample)."""
+def law_checks(pair, qs: list[Question], built: dict[str, Method], cfg: BenchConfig, log) -> dict[str, LawCheck]:
+    """T > 0: each method's distributional check against ar (`realrun.bench.law`): `cfg.law_seeds` runs of
+    `LAW_TOKENS` tokens per method on the first question, each method with seeds of its own (independent
+    samples; ar's are the reference)."""
     names = list(built)
-    tokens = {}
+    samples = {}
     for i, name in enumerate(names):
         seeds = [stream_seed(cfg.seed, 1_000 + i, s) for s in range(cfg.law_seeds)]
-        tokens[name] = first_cycle_tokens(built[name], qs[0].prompt_ids, seeds)
-    ar_by_run = {(q.qid, rep): lp for (q, rep, _), lp in zip(runs["ar"], logprobs["ar"])}
+        samples[name] = law_sample(built[name], pair.target.model, qs[0].prompt_ids, seeds, LAW_TOKENS,
+                                   cfg.temperature)
     out = {}
     for name in names:
-        pairs = [(lp, ar_by_run[(q.qid, rep)]) for (q, rep, _), lp in zip(runs[name], logprobs[name])
-                 if lp is not None and ar_by_run.get((q.qid, rep)) is not None]
-        mine, ref = [a for a, _ in pairs], [b for _, b in pairs]
-        check = LawCheck(logprob_test(mine, ref) if name != "ar" else None,
-                         float(np.mean(mine)) if mine else None, float(np.mean(ref)) if ref else None,
-                         len(pairs), token_test(tokens[name], tokens["ar"]) if name != "ar" else None,
-                         len(tokens[name]))
+        check = check_law(samples[name], samples["ar"], is_ar=name == "ar")
         out[name] = check
         if name != "ar":
             log(f"{name}: distributional check {'passed' if check.passed else 'FAILED'} "
