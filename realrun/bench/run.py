@@ -43,7 +43,7 @@ SWEEP_QUESTIONS = 2
 SWEEP_TOKENS = 48
 SWEEP_KEEP = 4
 LAW_SEEDS = 100  # T > 0: short runs per method on one question for the distributional check
-LAW_TOKENS = 8  # new tokens per such run
+LAW_TOKENS = 4  # new tokens per such run (the first-cycle token and up to three after it)
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,7 +389,7 @@ def run_bench(pair, questions: list, cfg: BenchConfig | None = None, out_dir: st
     runs, checks = _interleave(pair, qs, built, cfg, progress)
     fingerprint["loadavg_end"] = _loadavg()
     if not cfg.sampling.greedy:
-        checks = law_checks(pair, qs, built, cfg, log)
+        checks = law_checks(pair, qs, built, cfg, log, progress)
     max_depth = max([getattr(m, "cfg", DecodeConfig()).max_depth for m in built.values()] + [1])
     report = build_report(runs, checks, qs, {n: m.settings for n, m in built.items()}, max_depth, cfg,
                           fingerprint, grid_info)
@@ -431,16 +431,20 @@ def _interleave(pair, qs: list[Question], built: dict[str, Method], cfg: BenchCo
     return runs, checks
 
 
-def law_checks(pair, qs: list[Question], built: dict[str, Method], cfg: BenchConfig, log) -> dict[str, LawCheck]:
+def law_checks(pair, qs: list[Question], built: dict[str, Method], cfg: BenchConfig, log,
+               progress: bool = True) -> dict[str, LawCheck]:
     """T > 0: each method's distributional check against ar (`realrun.bench.law`): `cfg.law_seeds` runs of
     `LAW_TOKENS` tokens per method on the first question, each method with seeds of its own (independent
     samples; ar's are the reference)."""
     names = list(built)
     samples = {}
+    bar = progress_bar(len(names), "law check", "method", progress)
     for i, name in enumerate(names):
         seeds = [stream_seed(cfg.seed, 1_000 + i, s) for s in range(cfg.law_seeds)]
         samples[name] = law_sample(built[name], pair.target.model, qs[0].prompt_ids, seeds, LAW_TOKENS,
                                    cfg.temperature)
+        bar.update(1)
+    bar.close()
     out = {}
     for name in names:
         check = check_law(samples[name], samples["ar"], is_ar=name == "ar")
