@@ -5,6 +5,8 @@ the *root*. A cycle drafts a tree below the root, verifies root + V tree tokens 
 float 4D tree mask, positions = root position + depth), keeps the KV entries of the root and the
 accepted path, and commits the accepted tokens plus the target's own next token (the bonus). With
 no drafter, or V = 0, the same loop is plain autoregressive decoding: the root alone is verified.
+An `NgramDrafter` adds n-gram branches to the model drafter's tree, or makes them the tree
+(`draft_tree`; docs/ngram.md).
 
 `run_cycle` is one such cycle and `generate` a loop over it (plus the EOS and context cut-offs).
 The phase functions (`prefill`, `draft_tree`, `verify_tree`, `accept`, `keep_cache_entries`) and
@@ -26,8 +28,9 @@ from ltd_sim.tree import (DraftTree, TreeBuilder, ancestor_mask, greedy_accept, 
 from profiler.timing import Timer
 from realrun import models
 from realrun.attention_masks import tree_mask
-from realrun.drafters import Drafter
+from realrun.drafters import Drafter, NgramDrafter
 from realrun.kv_cache import PreallocatedCache, cache_kwargs, round_up
+from realrun.ngram import NgramProposal, SourcedTree, merge_proposal
 from realrun.sampling import sample_accept, target_probs
 
 
@@ -156,7 +159,34 @@ def prefill(target, cache, prompt_ids: torch.Tensor, feature_layers=None):
 @torch.no_grad()
 def draft_tree(drafter: Drafter, root_token: int, top_k: int, max_depth: int,
                depth_ctrl: DepthController, context_len: int) -> DraftTree:
-    """Grow the draft tree one step at a time; the depth controller decides after each step."""
+    """Grow the draft tree one step at a time; the depth controller decides after each step.
+
+    An `NgramDrafter`'s branches are grafted after the model's last step, cut at the depth the model
+    reached (so the tree at depth D is still the first D steps of a deeper one); without a model the
+    n-gram trie is the tree, one level per step (`ngram_tree`)."""
+    if isinstance(drafter, NgramDrafter):
+        if drafter.model is None:
+            return ngram_tree(drafter.proposer.propose(max_depth), root_token, depth_ctrl, context_len)
+        tree = _model_tree(drafter.model, root_token, top_k, max_depth, depth_ctrl, context_len)
+        return merge_proposal(tree, drafter.proposer.propose(tree.depth))
+    return _model_tree(drafter, root_token, top_k, max_depth, depth_ctrl, context_len)
+
+
+def ngram_tree(proposal: NgramProposal, root_token: int, depth_ctrl: DepthController,
+               context_len: int) -> SourcedTree:
+    """The n-gram trie alone as the draft tree: each trie level counts as a draft step, so the depth
+    controller decides after each level as it would after a model's step. No match: the root alone
+    (the cycle is a plain decoding step)."""
+    full = merge_proposal(root_only_tree(root_token), proposal)
+    for depth in range(1, full.depth):
+        if not depth_ctrl.should_continue(full.truncated(depth), context_len):
+            return full.truncated(depth)
+    return full
+
+
+def _model_tree(drafter: Drafter, root_token: int, top_k: int, max_depth: int,
+                depth_ctrl: DepthController, context_len: int) -> DraftTree:
+    """The model drafter's tree by the EAGLE-2 rule (DESIGN.md), one `expand` per step."""
     builder = TreeBuilder(root_token, top_k, max_depth)
     while True:
         logp, ids = drafter.expand(builder.beam, builder.tokens, builder.parents, builder.steps, top_k)

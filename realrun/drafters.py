@@ -1,4 +1,5 @@
-"""Drafters: one interface, two kinds (an independent small LM, an EAGLE-3 head).
+"""Drafters: one interface, two model kinds (an independent small LM, an EAGLE-3 head), and n-gram
+branches alone or joined to either (`NgramDrafter`, realrun/ngram.py).
 
 A drafter keeps its own KV cache of the committed prefix. Every cycle the decoder calls
 `expand(beam)` once per draft step; the first call (beam = [root]) also feeds the tokens committed
@@ -19,6 +20,7 @@ import torch
 from ltd_sim.errors import LTDError
 from realrun import attention_masks
 from realrun.kv_cache import cache_kwargs
+from realrun.ngram import NgramProposer
 
 
 def float_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -253,3 +255,45 @@ class Eagle3Drafter(Drafter):
         self.cache.crop(self.slots.committed)
         self.slots.reset_tree()
         self.node_hidden = {0: self.node_hidden[0]} if 0 in self.node_hidden else {}
+
+
+class NgramDrafter(Drafter):
+    """N-gram branches (realrun.ngram), alone (`model` None: `--draft-kind ngram`, no draft model) or
+    joined to a model drafter's tree (`--ngram`).
+
+    It forwards the model drafter's calls and feeds the n-gram index every committed token; the
+    decoder grafts the proposal into the tree after the model's last draft step (`decoder.draft_tree`).
+    The model drafter never sees the grafted nodes during the cycle: its cache holds only the nodes it
+    expanded, `end_cycle` drops those, and the accepted tokens (n-gram ones included) reach it through
+    `commit`, with the target's features at their positions, like any committed token."""
+
+    def __init__(self, proposer: NgramProposer, model: Drafter | None = None, vocab_size: int | None = None):
+        if model is None and vocab_size is None:
+            raise ValueError("an n-gram drafter without a model needs the target's vocab_size")
+        self.proposer = proposer
+        self.model = model
+        self.feature_layers = model.feature_layers if model is not None else None
+        self._vocab = model.vocab_size if model is not None else int(vocab_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab
+
+    def begin(self, context_ids, first_token, features) -> None:
+        self.proposer.begin([*context_ids.tolist(), int(first_token)])
+        if self.model is not None:
+            self.model.begin(context_ids, first_token, features)
+
+    def commit(self, tokens, features) -> None:
+        self.proposer.commit(tokens.tolist())
+        if self.model is not None:
+            self.model.commit(tokens, features)
+
+    def expand(self, beam, tokens, parents, steps, top_k):
+        if self.model is None:
+            raise LTDError("the n-gram drafter has no model to expand a beam with")
+        return self.model.expand(beam, tokens, parents, steps, top_k)
+
+    def end_cycle(self) -> None:
+        if self.model is not None:
+            self.model.end_cycle()

@@ -63,8 +63,10 @@ class LawResult:
 
 
 def sampling_law_check(target, draft, prompt: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0,
-                       steps: int = 3, n: int = 1500, top_k: int = 2, depth: int = 3, size: int = 6) -> LawResult:
-    """Run speculative (an `lm` draft) and plain sampling `n` times each against the exact law."""
+                       steps: int = 3, n: int = 1500, top_k: int = 2, depth: int = 3, size: int = 6,
+                       make_drafter=None) -> LawResult:
+    """Run speculative (an `lm` draft, or `make_drafter()`'s drafter, e.g. with n-gram branches) and
+    plain sampling `n` times each against the exact law."""
     exact = exact_joint(target, prompt, temperature, top_p, steps)
     vocab = target.config.vocab_size
     spec: dict = {}
@@ -73,7 +75,8 @@ def sampling_law_check(target, draft, prompt: torch.Tensor, temperature: float =
     for i in range(n):
         cfg = DecodeConfig(max_new_tokens=steps, top_k=top_k, max_depth=depth, temperature=temperature,
                            top_p=top_p, seed=i)
-        r = generate(target, prompt, LMDrafter(draft, vocab), cfg, StaticDepth(depth), StaticSize(size))
+        drafter = make_drafter() if make_drafter is not None else LMDrafter(draft, vocab)
+        r = generate(target, prompt, drafter, cfg, StaticDepth(depth), StaticSize(size))
         accepted += sum(c.accepted for c in r.cycles)
         spec[tuple(r.token_ids)] = spec.get(tuple(r.token_ids), 0) + 1
         p = generate(target, prompt, None, cfg)

@@ -55,31 +55,41 @@ def read_prompt_file(path: str) -> str:
 def generate_text(text: str, cfg: DecodeConfig, target: str | None = None, draft: str | None = None,
                   draft_kind: str | None = None, device: str | None = None, dtype: str | None = None,
                   size: int = defaults.STATIC_SIZE, policy_dir: str | None = None,
-                  chat: bool = True) -> TextGeneration:
+                  chat: bool = True, ngram=None) -> TextGeneration:
     """Check the options, load the pair, and generate from `text`: speculative with a draft model
-    (static depth `cfg.max_depth` and V `size`, or the LTD policies in `policy_dir`), else autoregressive."""
+    and/or n-gram branches (`ngram`, an `NgramConfig`; `draft_kind` "ngram" for n-grams alone), with
+    static depth `cfg.max_depth` and V `size` or the LTD policies in `policy_dir`; else autoregressive."""
     from ltd_sim.control import StaticDepth, StaticSize
-    from realrun.loading import load_pair, set_threads
+    from realrun.loading import NGRAM_KIND, load_pair, set_threads
     from realrun.models import encode_prompt
 
     # Every option is checked before the models load.
     if size < 0:
         raise LTDError(f"--size must be >= 0, got {size}")
-    cfg.validate(has_drafter=draft is not None)
+    uses_ngram = ngram is not None or draft_kind == NGRAM_KIND
+    cfg.validate(has_drafter=draft is not None or uses_ngram)
+    if ngram is not None:
+        ngram.validate()
     depth_ctrl, size_ctrl = StaticDepth(cfg.max_depth), StaticSize(size)
     policy = None
     if policy_dir:  # the saved LTD policies (ltd_sim.policy), observing through the one feature function
         from ltd_sim.policy import PolicyController, sampling_mismatch
 
+        if uses_ngram:  # no feature set observes n-gram branches yet (issue 15's later part)
+            raise LTDError("--policy cannot drive n-gram branches: these policies were trained without "
+                           "n-gram features (drop --ngram / --draft-kind ngram)")
         if draft is None:
             raise LTDError("--policy needs a draft model (--draft)")
         policy = PolicyController(policy_dir)
         policy.check_compatible(cfg.top_k, cfg.max_depth)
         depth_ctrl = size_ctrl = policy
     set_threads()
-    pair = load_pair(target, draft, draft_kind, device, dtype)
+    pair = load_pair(target, draft, draft_kind, device, dtype, ngram=ngram)
     ids = encode_prompt(pair.target.tokenizer, text, chat=chat)
-    result = generate(pair.target.model, ids, pair.drafter, cfg, depth_ctrl, size_ctrl,
+    drafter = pair.drafter
+    if policy is not None and policy.never_drafts(pair.context_limit):
+        drafter = None  # plain decoding: no hidden states kept for a catch-up that never comes (as the bench)
+    result = generate(pair.target.model, ids, drafter, cfg, depth_ctrl, size_ctrl,
                       eos_ids=pair.eos_ids, context_limit=pair.context_limit)
     out_text = pair.target.tokenizer.decode(result.token_ids, skip_special_tokens=True)
     notes = []

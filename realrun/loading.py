@@ -9,11 +9,13 @@ from pathlib import Path
 import torch
 
 from ltd_sim.errors import LTDError
-from realrun.drafters import Drafter, Eagle3Drafter, LMDrafter
+from realrun.drafters import Drafter, Eagle3Drafter, LMDrafter, NgramDrafter
 from realrun.models import (LoadedModel, context_limit, default_draft_dir, eos_token_ids, load_causal_lm,
                             pick_device, pick_dtype, resolve_target)
+from realrun.ngram import NgramConfig, make_proposer, read_inputs
 
-DRAFT_KINDS = ("lm", "eagle3")
+DRAFT_KINDS = ("lm", "eagle3")  # draft models; "ngram" (NGRAM_KIND) has none
+NGRAM_KIND = "ngram"
 
 
 @dataclass
@@ -21,10 +23,11 @@ class ModelPair:
     target: LoadedModel
     drafter: Drafter | None
     draft_path: Path | None
-    draft_kind: str | None
+    draft_kind: str | None  # "lm", "eagle3", "ngram" (no draft model) or None (no drafter)
     eos_ids: set[int]
     context_limit: int
     notes: list[str] = field(default_factory=list)  # what loading decided for the user (caps, defaults)
+    ngram: NgramConfig | None = None  # set when n-gram branches join (or form) the tree
 
 
 def resolve_draft(draft: str | None, draft_kind: str | None) -> tuple[Path | None, str | None]:
@@ -78,10 +81,24 @@ def load_drafter(path: Path, kind: str, target: LoadedModel) -> Drafter:
     return LMDrafter(draft.model, vocab)
 
 
+def ngram_setting(draft: str | None, draft_kind: str | None, ngram: NgramConfig | None):
+    """The n-gram config a load uses: `ngram` (--ngram), or the defaults for --draft-kind ngram
+    (which takes no --draft: that drafter has no model)."""
+    if draft_kind != NGRAM_KIND:
+        return ngram
+    if draft is not None:
+        raise LTDError("--draft-kind ngram drafts from the context alone: it takes no --draft")
+    return ngram or NgramConfig()
+
+
 def load_pair(target: str | None = None, draft: str | None = None, draft_kind: str | None = None,
-              device: str | None = None, dtype: str | None = None) -> ModelPair:
-    """Resolve and load everything before any work starts, so a bad input fails at once."""
-    draft_path, kind = resolve_draft(draft, draft_kind)
+              device: str | None = None, dtype: str | None = None, ngram: NgramConfig | None = None) -> ModelPair:
+    """Resolve and load everything before any work starts, so a bad input fails at once.
+
+    `ngram` (or `draft_kind` "ngram") adds n-gram branches to the drafter's tree (or makes them the tree)."""
+    ngram = ngram_setting(draft, draft_kind, ngram)
+    ngram_inputs = read_inputs(ngram) if ngram is not None else None  # its files fail before the models load
+    draft_path, kind = resolve_draft(draft, None if draft_kind == NGRAM_KIND else draft_kind)
     dev = pick_device(device)
     tgt = load_causal_lm(resolve_target(target), dev, pick_dtype(dtype, dev))
     drafter = load_drafter(draft_path, kind, tgt) if draft_path is not None else None
@@ -93,9 +110,13 @@ def load_pair(target: str | None = None, draft: str | None = None, draft_kind: s
             notes.append(f"the draft head was made for contexts up to {head_limit} tokens (the target "
                          f"takes {limit}): generation is capped at {head_limit}")
             limit = head_limit
+    if ngram_inputs is not None:
+        proposer = make_proposer(ngram_inputs, tgt.vocab_size, tgt.tokenizer)
+        drafter = NgramDrafter(proposer, drafter, tgt.vocab_size)
+        kind = kind or NGRAM_KIND
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    return ModelPair(tgt, drafter, draft_path, kind, eos_token_ids(tgt.model, tgt.tokenizer), limit, notes)
+    return ModelPair(tgt, drafter, draft_path, kind, eos_token_ids(tgt.model, tgt.tokenizer), limit, notes, ngram)
 
 
 def set_threads(threads: int | None = None) -> int:

@@ -6,12 +6,14 @@ import json
 import sys
 
 from ltd_sim import defaults
-from realrun.cli.options import add_decode_options
+from realrun.cli.options import add_decode_options, add_ngram_options, ngram_config
 
 
 def add_parser(sub) -> None:
-    g = sub.add_parser("generate", help="generate text (speculative with --draft, else autoregressive)")
+    g = sub.add_parser("generate", help="generate text (speculative with --draft, --ngram or --draft-kind ngram, "
+                                        "else autoregressive)")
     add_decode_options(g)
+    add_ngram_options(g)
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt")
     src.add_argument("--prompt-file")
@@ -38,7 +40,8 @@ def cmd_generate(args) -> int:
     cfg = DecodeConfig(max_new_tokens=args.max_new_tokens, top_k=args.top_k, max_depth=args.depth,
                        temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     done = generate_text(text, cfg, args.target, args.draft, args.draft_kind, args.device, args.dtype,
-                         size=args.size, policy_dir=args.policy, chat=not args.no_chat)
+                         size=args.size, policy_dir=args.policy, chat=not args.no_chat,
+                         ngram=ngram_config(args))
     for note in done.notes:
         print(note, file=sys.stderr)
     if args.json:
