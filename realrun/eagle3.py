@@ -180,8 +180,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     probs = torch.softmax(torch.cat([shared] + diagonal, dim=-1), dim=-1)
     width = k.shape[-2]
     out = probs[..., :width] @ v
-    for l, (_, vl) in enumerate(own_kv):
-        out = out + probs[..., width + l:width + l + 1] * vl
+    for j, (_, vl) in enumerate(own_kv):
+        out = out + probs[..., width + j:width + j + 1] * vl
     return out
 
 

@@ -9,6 +9,18 @@ import torch
 NEAR_TIE = 1e-3  # logits closer than this may legitimately flip between batched and single forwards
 
 
+def byte_tokenizer():
+    """A 256-token byte-level tokenizer made on the spot (no hub): ids 0..255 cover every byte."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(sorted(alphabet))}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
 def tiny_llama(seed: int = 0, layers: int = 4, vocab: int = 256, hidden: int = 64, max_pos: int = 512):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -35,6 +47,20 @@ def noisy_copy(model, noise: float, seed: int = 1):
         for p in draft.parameters():
             p.add_(torch.randn_like(p) * noise * p.std().clamp_min(1e-3))
     return draft.eval()
+
+
+def law_pair(vocab: int = 6, mul: float = 3.0, noise: float = 0.3):
+    """A target with a vocabulary small enough to enumerate its sampled law, peaked by scaling its head,
+    and a noisy copy as the draft (the exact-law tests)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    target = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        target.lm_head.weight.mul_(mul)
+    return target, noisy_copy(target, noise)
 
 
 def hf_greedy(model, prompt: torch.Tensor, n: int) -> list[int]:

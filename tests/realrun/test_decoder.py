@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import assert_greedy_equal, hf_greedy, noisy_copy, tiny_llama
+from helpers import assert_greedy_equal, hf_greedy, law_pair, tiny_llama
 from ltd_sim.control import StaticDepth, StaticSize
 from ltd_sim.errors import LTDError
 from realrun.decoder import DecodeConfig, generate
@@ -126,17 +126,9 @@ def test_eos_and_context_limit_stop(tiny_target, tiny_draft):
 
 @pytest.mark.parametrize("top_p", [1.0, 0.8])
 def test_sampling_matches_target_distribution(top_p):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from realrun.exact_law import sampling_law_check
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=6, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
-    target = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        target.lm_head.weight.mul_(3.0)
-    draft = noisy_copy(target, 0.3)
+    target, draft = law_pair()
     law = sampling_law_check(target, draft, torch.tensor([1, 2, 3, 4]), temperature=1.0, top_p=top_p,
                              steps=3, n=1500, top_k=2, depth=3, size=6)
     assert law.accepted_draft_tokens > law.samples // 4, "the tree path must be exercised under sampling"

@@ -14,7 +14,7 @@ import json
 import pytest
 import torch
 
-from helpers import tiny_llama
+from helpers import byte_tokenizer, tiny_llama
 from ltd_sim.errors import LTDError
 from realrun.eagle3 import load_head, random_head, save_head
 
@@ -22,23 +22,11 @@ LAYERS = 4
 IDS = [2, 2, 1]  # hidden-state indices of the default for 4 layers: inputs of layers 2, L//2, L-3
 
 
-def _byte_tokenizer():
-    """A 256-token byte-level tokenizer made on the spot (no hub): ids 0..255 cover every byte."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    tok = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(sorted(alphabet))}, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok)
-
-
 @pytest.fixture(scope="module")
 def target_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("target") / "tiny"
     tiny_llama(seed=0, layers=LAYERS).save_pretrained(folder)
-    _byte_tokenizer().save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
     return folder
 
 
