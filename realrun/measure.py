@@ -164,20 +164,25 @@ class DecoderMethod:
 
 
 class HFAssistedMethod:
-    """transformers' assisted generation with an `lm` draft and a constant draft length; greedy, or
-    sampling at (temperature, top_p) when `temperature` > 0.
+    """transformers' assisted generation with an `lm` draft and a constant draft length (greedy, or
+    sampling at (temperature, top_p) when `temperature` > 0), or, with `draft` None, its prompt lookup
+    decoding (`prompt_lookup_num_tokens` = `num_tokens`: n-gram candidates from the prompt and output).
 
     Only the end-to-end rate exists here: `generate` gives no prefill boundary to read."""
 
-    def __init__(self, pair, draft: torch.nn.Module, num_tokens: int, max_new_tokens: int,
+    def __init__(self, pair, draft: torch.nn.Module | None, num_tokens: int, max_new_tokens: int,
                  settings: dict | None = None, temperature: float = 0.0, top_p: float = 1.0):
         self.pair, self.max_new, self.draft = pair, max_new_tokens, draft
         self.temperature, self.top_p = temperature, top_p
-        gc = copy.deepcopy(draft.generation_config)
-        gc.num_assistant_tokens = num_tokens
-        gc.num_assistant_tokens_schedule = "constant"
-        gc.assistant_confidence_threshold = 0.0
-        draft.generation_config = gc
+        if draft is None:
+            self.candidates = {"prompt_lookup_num_tokens": num_tokens}
+        else:
+            gc = copy.deepcopy(draft.generation_config)
+            gc.num_assistant_tokens = num_tokens
+            gc.num_assistant_tokens_schedule = "constant"
+            gc.assistant_confidence_threshold = 0.0
+            draft.generation_config = gc
+            self.candidates = {"assistant_model": draft}
         self.settings = settings or {}
         self.clock = Timer(pair.target.device)
         self.forwards = 0
@@ -193,7 +198,7 @@ class HFAssistedMethod:
         pad = model.generation_config.pad_token_id
         sample = self.temperature > 0
         kwargs = dict(do_sample=sample, max_new_tokens=max_new_tokens or self.max_new,
-                      attention_mask=torch.ones_like(ids), assistant_model=self.draft, eos_token_id=eos or None,
+                      attention_mask=torch.ones_like(ids), **self.candidates, eos_token_id=eos or None,
                       pad_token_id=pad if pad is not None else (eos[0] if eos else 0),
                       temperature=self.temperature if sample else None, top_p=self.top_p if sample else None,
                       top_k=None)

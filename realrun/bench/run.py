@@ -27,7 +27,7 @@ from realrun.measure import (DECODE_RATE, END_TO_END_RATE, RATE_LABELS, DecoderM
 from realrun.progress import progress_bar
 from realrun.sampling import stream_seed
 
-METHODS = ("ar", "eagle3", "grid", "ltd-sim", "ltd", "hf-assisted")
+METHODS = ("ar", "eagle3", "grid", "ltd-sim", "ltd", "hf-assisted", "hf-prompt-lookup")
 DRAFTER_METHODS = ("eagle3", "grid", "ltd-sim", "ltd")
 # reference peers far slower than the contenders on a CPU: `peer_questions` may run them on fewer
 # questions (their speedup is then against ar on those same questions)
@@ -137,6 +137,9 @@ class BenchConfig:
         if self.hf_tokens < 1:
             raise LTDError(f"--hf-tokens must be at least 1, got {self.hf_tokens}")
         Sampling(self.temperature, self.top_p)  # checks --temperature and --top-p, in one line
+        if self.temperature > 0 and "hf-prompt-lookup" in self.methods:
+            raise LTDError("method hf-prompt-lookup is greedy only (transformers' prompt lookup proposes "
+                           "tokens without a draft distribution): drop it or --temperature")
         if self.law_seeds < 10:
             raise LTDError(f"--law-seeds must be at least 10, got {self.law_seeds}")
         for name, flag, folder, what in (("ltd", "--policy", self.policy_dir, "a fine-tuned"),
@@ -231,6 +234,9 @@ def build_methods(pair, cfg: BenchConfig) -> dict[str, Method]:
             built[name] = HFAssistedMethod(pair, draft, cfg.hf_tokens, cfg.max_new_tokens,
                                            {"draft": desc, "num_assistant_tokens": cfg.hf_tokens,
                                             "schedule": "constant"}, s.temperature, s.top_p)
+        elif name == "hf-prompt-lookup":
+            built[name] = HFAssistedMethod(pair, None, cfg.hf_tokens, cfg.max_new_tokens,
+                                           {"prompt_lookup_num_tokens": cfg.hf_tokens})
     return built
 
 

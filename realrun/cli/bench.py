@@ -37,7 +37,8 @@ def add_parser(sub) -> None:
     p.add_argument("--hf-draft", default=None,
                    help="lm draft dir for hf-assisted (default: the target's first quarter of layers)")
     p.add_argument("--hf-tokens", type=int, default=defaults.ASSISTANT_TOKENS,
-                   help="hf-assisted draft tokens per cycle (constant schedule)")
+                   help="hf-assisted draft tokens per cycle (constant schedule); hf-prompt-lookup's "
+                        "prompt_lookup_num_tokens")
     p.add_argument("--max-new-tokens", type=int, default=defaults.MAX_NEW_TOKENS)
     p.add_argument("--peer-questions", type=int, default=None,
                    help="run the slow reference peers (eagle3, hf-assisted) on the first N questions only")

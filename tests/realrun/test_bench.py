@@ -225,3 +225,16 @@ def test_one_harness_two_named_rates(pair, tmp_path):
     assert RATE_LABELS[END_TO_END_RATE] in md and RATE_LABELS[DECODE_RATE] in md
     # grid.json (`ltd tune grid --confirm`) names its measured rates after the same quantities
     assert (MEASURED_DECODE, MEASURED_END_TO_END) == (f"measured_{DECODE_RATE}", f"measured_{END_TO_END_RATE}")
+
+
+def test_hf_prompt_lookup_is_a_lossless_peer(pair):
+    """transformers' prompt lookup decoding as a bench method: greedy, equal to ar, its draft length
+    from --hf-tokens; refused at T > 0 in one line."""
+    loop = [5, 6, 7, 8, 9, 10, 11, 12] * 3  # a prompt that repeats itself: candidates to look up
+    rep = run_bench(pair, [Question("rep", "copy", loop)], BenchConfig("ar,hf-prompt-lookup", max_new_tokens=NEW,
+                                                                     repeats=1, warmups=0, hf_tokens=4),
+                    progress=False)
+    m = rep["methods"]["hf-prompt-lookup"]
+    assert m["exact_match"] and m["settings"] == {"prompt_lookup_num_tokens": 4} and m["tau"] >= 1
+    with pytest.raises(LTDError, match="greedy only"):
+        BenchConfig("ar,hf-prompt-lookup", temperature=0.7).validate()
