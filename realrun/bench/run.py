@@ -360,6 +360,10 @@ def run_bench(pair, questions: list, cfg: BenchConfig | None = None, out_dir: st
     need = [m for m in names if m in DRAFTER_METHODS]
     if need and pair.drafter is None:
         raise LTDError(f"methods {', '.join(need)} need a drafter (--draft default or --draft PATH)")
+    policies = [m for m in names if m in ("ltd", "ltd-sim")]
+    if policies and getattr(pair, "ngram", None) is not None:  # no feature set observes n-gram branches yet
+        raise LTDError(f"methods {', '.join(policies)} cannot drive n-gram branches: their policies were trained "
+                       "without n-gram features (drop --ngram / --draft-kind ngram)")
     qs = as_questions(questions, pair.target.tokenizer)
 
     built = build_methods(pair, cfg)

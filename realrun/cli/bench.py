@@ -11,10 +11,11 @@ from ltd_sim import defaults
 def add_parser(sub) -> None:
     from realrun.bench import METHODS, SWEEP_QUESTIONS, SWEEP_TOKENS
     from realrun.bench.run import LAW_SEEDS
-    from realrun.cli.options import add_decode_options, add_sampling_options
+    from realrun.cli.options import add_decode_options, add_ngram_options, add_sampling_options
 
     p = sub.add_parser("bench", help="benchmark decoding methods side by side (Spec-Bench protocol)")
     add_decode_options(p)
+    add_ngram_options(p)  # the decoder methods draft with n-gram branches (alone with --draft-kind ngram)
     add_sampling_options(p)
     p.add_argument("--seed", type=int, default=0, help="T > 0: the run seed every generation's seed derives from")
     p.add_argument("--law-seeds", type=int, default=LAW_SEEDS,
@@ -62,7 +63,8 @@ def cmd_bench(args) -> int:
         run_bench,
     )
     from profiler.device import pin_threads
-    from realrun.loading import load_pair, set_threads
+    from realrun.cli.options import ngram_config
+    from realrun.loading import NGRAM_KIND, load_pair, set_threads
     from realrun.measure import END_TO_END_RATE
 
     cfg = BenchConfig(methods=args.methods, policy_dir=args.policy, sim_policy_dir=args.sim_policy,
@@ -76,7 +78,8 @@ def cmd_bench(args) -> int:
     records = read_questions(args.questions, cats, args.limit)
     pin_threads(args.threads)
     set_threads(args.threads)
-    pair = load_pair(args.target, cfg.draft_for(args.draft), args.draft_kind, args.device, args.dtype)
+    draft = args.draft if args.draft_kind == NGRAM_KIND else cfg.draft_for(args.draft)
+    pair = load_pair(args.target, draft, args.draft_kind, args.device, args.dtype, ngram=ngram_config(args))
     questions = encode_questions(records, pair.target.tokenizer)
     report = run_bench(pair, questions, cfg, out_dir=args.out, progress=not args.no_progress and not args.json)
     if args.json:

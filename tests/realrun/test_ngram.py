@@ -411,3 +411,22 @@ def test_bad_corpora_fail_in_one_line(model_dirs, tmp_path, capsys):
     rc, _, err = _cli(["generate", "--target", str(model_dirs / "target"), "--prompt", "x", "--draft-kind", "ngram",
                        "--ngram-corpus", str(tmp_path)], capsys)  # a folder: unreadable
     assert rc == 2 and "cannot read --ngram-corpus" in err
+
+
+def test_bench_with_ngram_drafts(one_thread, model_dirs, tmp_path, capsys):
+    """`ltd bench --draft-kind ngram` and `--draft D --ngram`: the decoder methods draft with n-gram
+    branches, stay lossless against ar, and LTD policies (no n-gram features) are refused in one line."""
+    questions = tmp_path / "q.txt"
+    questions.write_text("abcabcabcabcabc\nxyzxyzxyzxyz\n")
+    base = ["bench", "--target", str(model_dirs / "target"), "--questions", str(questions), "--no-progress",
+            "--methods", "ar,grid", "--grid", "4,6", "--max-new-tokens", "16", "--repeats", "1", "--json"]
+    for extra in (["--draft-kind", "ngram"], ["--draft", str(model_dirs / "draft"), "--draft-kind", "lm", "--ngram"]):
+        rc, out, err = _cli(base + extra, capsys)
+        assert rc == 0, err
+        grid = json.loads(out)["methods"]["grid"]
+        assert grid["exact_match"] and grid["tau"] > 1, extra
+    (tmp_path / "pol").mkdir()
+    (tmp_path / "pol" / "spec.json").write_text("{}")  # refused before it is read
+    rc, _, err = _cli(base[:-7] + ["--methods", "ar,ltd", "--policy", str(tmp_path / "pol"), "--draft-kind", "ngram"],
+                      capsys)
+    assert rc == 2 and "without n-gram features" in err and err.count("\n") == 1, err
