@@ -17,6 +17,12 @@ MAX_DEPTH_LIMIT = 64  # sanity bound for --depth
 # of the simulator's heuristic schedule
 ASSISTANT_TOKENS = 5
 
+# --- n-gram drafting (docs/ngram.md) ----------------------------------------------------------
+NGRAM_MIN = 2  # shortest context suffix that counts as a match (1 matches almost anything)
+NGRAM_MAX = 4  # longest suffix tried first
+NGRAM_BRANCHES = 4  # most recent earlier occurrences used: at most that many branches
+MAX_NGRAM = 64  # sanity bound for --ngram-max
+
 # --- generation -----------------------------------------------------------------------------
 MAX_NEW_TOKENS = 128
 # a model whose config names no max_position_embeddings is assumed to hold this many tokens

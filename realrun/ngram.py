@@ -33,13 +33,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ltd_sim import defaults
 from ltd_sim.errors import LTDError
 from ltd_sim.tree import DraftTree
 
 CORPUS_FORMAT = "ltd-ngram-corpus"
 CALIBRATION_FORMAT = "ltd-ngram-calibration"
 FORMAT_VERSION = 1
-MAX_NGRAM = 64  # sanity bound for --ngram-max
+MAX_NGRAM = defaults.MAX_NGRAM
 SEPARATOR = -1  # between corpus sequences: no n-gram and no continuation crosses it
 
 SOURCE_HEAD = 1  # bit of `SourcedTree.sources`: the model drafter proposed the node
@@ -50,9 +51,9 @@ SOURCE_NGRAM = 2  # bit: an n-gram branch proposed it (both bits: merged)
 class NgramConfig:
     """What the n-gram source looks for (`--ngram-min/--ngram-max`, `--ngram-corpus`, `--ngram-calibration`)."""
 
-    ngram_min: int = 2  # shortest suffix that counts as a match (1 matches almost anything)
-    ngram_max: int = 4  # longest suffix tried first
-    max_branches: int = 4  # most recent occurrences used: at most that many branches
+    ngram_min: int = defaults.NGRAM_MIN  # shortest suffix that counts as a match
+    ngram_max: int = defaults.NGRAM_MAX  # longest suffix tried first
+    max_branches: int = defaults.NGRAM_BRANCHES  # most recent occurrences used: at most that many branches
     corpus: str | None = None  # an ltd-ngram-corpus JSON file of earlier outputs, searched like the context
     calibration: str | None = None  # an ltd-ngram-calibration JSON file (default: the prior)
 
