@@ -99,7 +99,8 @@ class BenchConfig:
     target). `peer_questions`: run the slow reference peers (`PEER_METHODS`) on the first N questions
     only. `temperature` > 0: every method samples at (temperature, top_p), each run with its own seed
     derived from `seed` and shared by the methods (common random numbers), and the distributional check
-    (`law_seeds` short runs per method, seeds of their own) replaces greedy equality. Torch threads are the caller's (`realrun.loading.set_threads`)."""
+    (`law_seeds` short runs per method, seeds of their own) replaces greedy equality. Torch threads are
+    the caller's (`realrun.loading.set_threads`)."""
 
     methods: str | list[str] | tuple[str, ...] = ("ar", "eagle3", "grid")
     policy_dir: str | os.PathLike | None = None
