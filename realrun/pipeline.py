@@ -43,7 +43,7 @@ class StageBudget:
     bench_tokens: int
     bench_repeats: int
     bench_peer_questions: int  # eagle3 and hf-assisted (slow here) run on this many of the questions
-    bench_law_seeds: int = 100  # T > 0: short runs per method for the bench's first-cycle token test
+    bench_law_seeds: int = 100  # T > 0: short runs per method for the bench's distributional check
 
 
 SAMPLED_TRACE_SAMPLES = 2  # T > 0: continuations recorded per trace prompt
