@@ -23,6 +23,7 @@ import torch
 from ltd_sim import defaults
 from ltd_sim.control import DepthController, SizeController, StaticDepth, StaticSize, wants_draft
 from ltd_sim.errors import LTDError
+from ltd_sim.trace import Sampling
 from ltd_sim.tree import (DraftTree, TreeBuilder, ancestor_mask, greedy_accept, is_chain,
                           local_parents, select_verify_set, tree_positions)
 from profiler.timing import Timer
@@ -48,10 +49,7 @@ class DecodeConfig:
     def validate(self, has_drafter: bool) -> None:
         if self.max_new_tokens < 1:
             raise LTDError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise LTDError(f"--temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise LTDError(f"--top-p must be in (0, 1], got {self.top_p}")
+        Sampling(self.temperature, self.top_p)  # the one check of --temperature and --top-p
         if has_drafter:
             if not 1 <= self.top_k <= defaults.MAX_TOP_K:
                 raise LTDError(f"--top-k must be in 1..{defaults.MAX_TOP_K}, got {self.top_k}")
