@@ -39,7 +39,7 @@ def record(run: Path, temperatures: list[float], top_p: float, n_prompts: int, t
     pair = load_pair(None, "default", "eagle3")
     prompts = default_trace_prompts(n_prompts)
     for t in temperatures:
-        sampling = Sampling(t, top_p if t > 0 else 1.0)
+        sampling = Sampling(t, top_p)
         summary = record_prompts(pair, prompts, trace_dir(run, t), lambda x: encode_prompt(pair.target.tokenizer, x),
                                  tokens, sampling=sampling, samples=samples if t > 0 else 1, seed=0,
                                  info=trace_origin(pair, pair.draft_path))

@@ -46,6 +46,8 @@ class Sampling:
             raise LTDError(f"--temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise LTDError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.temperature == 0:  # greedy: top-p changes nothing, so one greedy setting compares equal
+            object.__setattr__(self, "top_p", 1.0)
 
     @property
     def greedy(self) -> bool:

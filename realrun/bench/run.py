@@ -122,7 +122,7 @@ class BenchConfig:
 
     @property
     def sampling(self) -> Sampling:
-        return Sampling(self.temperature, self.top_p if self.temperature > 0 else 1.0)
+        return Sampling(self.temperature, self.top_p)
 
     def validate(self) -> "BenchConfig":
         """Check every option; normalise `methods` to a list and `grid_setting` to (D, V). Returns self."""

@@ -189,3 +189,11 @@ def test_bad_sampling_options_fail_in_one_line(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_greedy_ignores_top_p():
+    """At T = 0 top-p changes nothing: every greedy setting is one setting (headers, specs, markers)."""
+    from ltd_sim.trace import Sampling
+
+    assert Sampling(0.0, 0.9) == Sampling() and Sampling(0.0, 0.9).top_p == 1.0
+    assert Sampling(0.7, 0.9) != Sampling(0.7)
