@@ -13,7 +13,10 @@
     when the first step's best node falls under a second threshold: the cheapest way to predict
     the cycles that would accept nothing, from the draft's own confidence;
   * `transformers_heuristic`: transformers' `num_assistant_tokens_schedule="heuristic"`: start at 5
-    draft tokens, +2 after a cycle that accepted all of them, -1 (at least 1) otherwise.
+    draft tokens, +2 after a cycle that accepted all of them, -1 (at least 1) otherwise;
+  * `ngram_match` (traces with n-gram branches): the serving engines' prompt-lookup rule: draft a static
+    (D, V) when the context's suffix matched earlier text with at least m tokens, else do not draft
+    (m, D and V tuned together).
 """
 
 from __future__ import annotations
@@ -101,6 +104,23 @@ def transformers_heuristic(t: SimTables) -> tuple[SimResult, dict]:
     return runs[g], {"start": SCHEDULE_START, "size": t.grid[g]}
 
 
+def ngram_match(t: SimTables) -> tuple[SimResult, dict] | None:
+    """Draft a static (D, V) only where the n-gram match is at least m tokens long (None without
+    n-gram traces)."""
+    if t.ngram_match is None:
+        return None
+    best = None
+    for m in np.unique(t.ngram_match[t.ngram_match > 0]):
+        drafts = t.ngram_match >= m
+        for d in range(1, t.max_depth + 1):
+            depth_at = np.where(drafts, d, 0)
+            for g in range(len(t.grid)):
+                res = simulate_tables(t, depth_at, np.full(t.num_positions, g))
+                if best is None or res.tokens_per_s > best[0].tokens_per_s:
+                    best = (res, {"min_match": int(m), "depth": d, "size": t.grid[g]})
+    return best
+
+
 def no_draft_share(t: SimTables, depth_at: np.ndarray, size_at: np.ndarray) -> float:
     """The share of a schedule's cycles that do not draft (D = 0: plain decoding steps)."""
     counts = np.zeros(2, np.int64)  # [no-draft cycles, all cycles]
@@ -141,7 +161,8 @@ def evaluate(t: SimTables, policy_schedule: tuple[np.ndarray, np.ndarray] | None
     }
     stop = confidence_stop(t)
     found = {"confidence_stop": stop, "confidence_skip": confidence_skip(t, stop[1]),  # one stop search
-             "entropy_stop": entropy_stop(t), "transformers_heuristic": transformers_heuristic(t)}
+             "entropy_stop": entropy_stop(t), "transformers_heuristic": transformers_heuristic(t),
+             "ngram_match": ngram_match(t)}
     for name, res in found.items():
         if res is not None:
             methods[name] = _row(res[0], o_rate, a_rate, **res[1])

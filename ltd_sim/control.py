@@ -12,12 +12,13 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-from ltd_sim.tree import DraftTree
+from ltd_sim.tree import DraftTree, NgramSignals
 
 
 class DepthController(Protocol):
-    def should_draft(self, context_len: int) -> bool:
-        """Before step 1: draft at all? (False: D = 0, the cycle verifies the root alone.)"""
+    def should_draft(self, context_len: int, ngram: NgramSignals | None = None) -> bool:
+        """Before step 1: draft at all? (False: D = 0, the cycle verifies the root alone.) `ngram`:
+        what an n-gram source found for this cycle, when the decoder has one."""
 
     def should_continue(self, tree: DraftTree, context_len: int) -> bool:
         """After step `tree.depth` (>= 1): take another draft step?"""
@@ -28,11 +29,13 @@ class SizeController(Protocol):
         """How many tree tokens to verify with the root (clipped by the caller to the pool)."""
 
 
-def wants_draft(ctrl, context_len: int) -> bool:
-    """`ctrl.should_draft(context_len)`; a controller without that decision (written before D = 0
-    existed) always drafts."""
+def wants_draft(ctrl, context_len: int, ngram: NgramSignals | None = None) -> bool:
+    """`ctrl.should_draft(context_len, ngram)` (`ngram` passed only when there is one); a controller
+    without that decision (written before D = 0 existed) always drafts."""
     ask = getattr(ctrl, "should_draft", None)
-    return True if ask is None else bool(ask(context_len))
+    if ask is None:
+        return True
+    return bool(ask(context_len) if ngram is None else ask(context_len, ngram))
 
 
 class StaticDepth:
@@ -41,7 +44,7 @@ class StaticDepth:
     def __init__(self, depth: int):
         self.depth = int(depth)
 
-    def should_draft(self, context_len: int) -> bool:
+    def should_draft(self, context_len: int, ngram: NgramSignals | None = None) -> bool:
         return self.depth >= 1
 
     def should_continue(self, tree: DraftTree, context_len: int) -> bool:
@@ -68,9 +71,9 @@ class TimedControl:
         self.seconds = 0.0
         self.calls = 0
 
-    def should_draft(self, context_len: int) -> bool:
+    def should_draft(self, context_len: int, ngram: NgramSignals | None = None) -> bool:
         start = time.perf_counter()
-        out = wants_draft(self.depth, context_len)
+        out = wants_draft(self.depth, context_len, ngram)
         self.seconds += time.perf_counter() - start
         self.calls += 1
         return out

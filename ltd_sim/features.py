@@ -10,7 +10,12 @@ Feature sets (the name is saved with every policy, so old policies keep running 
   step, on the observation of the root-only tree (`pre_draft_observation`: depth 0, context length,
   empty frontier and pool). STOP there is the "no draft" action D = 0: the cycle is a plain decoding
   step with no draft forward. The decision sees only what is known before drafting (the context
-  length), so the simulator's tables stay per-position and exact.
+  length), so the simulator's tables stay per-position and exact;
+- "ngram_v1": paper_v2 plus three n-gram signals (`NgramSignals`, known before the first step, so
+  the "no draft" decision sees them too): the longest match length, the number of earlier
+  occurrences, and the best first-token n-gram score. For decoders with an n-gram source (`--ngram`,
+  `--draft-kind ngram`) only; policies of the other sets run without one, and each refuses the
+  other's decoder (`check_ngram_match`).
 
 The observation, every entry normalised into [0, 1]:
 - frontier: the `top_k` best cumulative log-probs of the nodes the latest step created, sorted, as
@@ -18,7 +23,9 @@ The observation, every entry normalised into [0, 1]:
 - tree: the pool's r-th best cumulative log-prob for every r = V of the size grid (V >= 1), as
   probabilities: what the V-th verified token is worth, for each V the size policy may pick;
 - depth / max_depth;
-- log(1 + context_len) / log(1 + CONTEXT_NORM), clipped to 1.
+- log(1 + context_len) / log(1 + CONTEXT_NORM), clipped to 1;
+- ngram_v1 only: min(match_len / NGRAM_NORM, 1), log(1 + matches) / log(1 + MATCHES_NORM) clipped to
+  1, exp(best first-token n-gram score) (0 without a branch).
 """
 
 from __future__ import annotations
@@ -28,11 +35,16 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ltd_sim import defaults
-from ltd_sim.tree import DraftTree
+from ltd_sim.errors import LTDError
+from ltd_sim.tree import DraftTree, NgramSignals, SourcedTree
 
 FEATURE_SET = "paper_v2"
-FEATURE_SETS = ("paper_v1", "paper_v2")  # every set this toolkit reads; one observation layout for both
+NGRAM_FEATURE_SET = "ngram_v1"  # the set of decoders with an n-gram source
+FEATURE_SETS = ("paper_v1", "paper_v2", NGRAM_FEATURE_SET)  # every set this toolkit reads
 CONTEXT_NORM = 4096
+NGRAM_NORM = 16  # match lengths at or above this count as the longest
+MATCHES_NORM = 256  # earlier occurrences at or above this count as the most
+NO_SIGNALS = NgramSignals()
 
 
 @dataclass(frozen=True)
@@ -53,8 +65,13 @@ class FeatureSpec:
         return self.name != "paper_v1"
 
     @property
+    def uses_ngram(self) -> bool:
+        """Whether the observation holds the n-gram signals (the policies need an n-gram source)."""
+        return self.name == NGRAM_FEATURE_SET
+
+    @property
     def dim(self) -> int:
-        return self.top_k + len(self.ranks) + 2
+        return self.top_k + len(self.ranks) + 2 + (3 if self.uses_ngram else 0)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -64,8 +81,6 @@ class FeatureSpec:
 
     @classmethod
     def from_json(cls, d: dict) -> "FeatureSpec":
-        from ltd_sim.errors import LTDError
-
         if d.get("name") not in FEATURE_SETS:
             raise LTDError(f"unknown feature set {d.get('name')!r}; this toolkit computes {', '.join(FEATURE_SETS)}")
         return cls(d["name"], int(d["top_k"]), int(d["max_depth"]), tuple(d["size_grid"]),
@@ -73,6 +88,28 @@ class FeatureSpec:
 
 
 DEFAULT_SPEC = FeatureSpec()
+
+
+def spec_for(has_ngram: bool, **fields) -> FeatureSpec:
+    """The default feature set for a decoder with (ngram_v1) or without (paper_v2) an n-gram source."""
+    return FeatureSpec(NGRAM_FEATURE_SET if has_ngram else FEATURE_SET, **fields)
+
+
+def check_ngram_match(spec: FeatureSpec, has_ngram: bool, where: str = "these policies") -> None:
+    """Refuse, in one line, policies whose features do not match the decoder's draft sources."""
+    if spec.uses_ngram and not has_ngram:
+        raise LTDError(f"{where} observe n-gram signals (feature set {spec.name}): decode with --ngram or "
+                       "--draft-kind ngram, as they were trained")
+    if has_ngram and not spec.uses_ngram:
+        raise LTDError(f"{where} were trained without n-gram signals (feature set {spec.name}): decode without "
+                       "--ngram, or train policies on n-gram traces (ltd trace --ngram, then ltd pretrain)")
+
+
+def ngram_features(signals: NgramSignals) -> np.ndarray:
+    """The three n-gram entries of an ngram_v1 observation."""
+    best = float(np.exp(signals.best_score)) if np.isfinite(signals.best_score) else 0.0
+    return np.array([min(signals.match_len / NGRAM_NORM, 1.0),
+                     min(np.log1p(max(signals.matches, 0)) / np.log1p(MATCHES_NORM), 1.0), best])
 
 
 def _top_desc(values: np.ndarray, n: int) -> np.ndarray:
@@ -87,25 +124,34 @@ def _top_desc(values: np.ndarray, n: int) -> np.ndarray:
 
 
 def observe(tree: DraftTree, context_len: int, spec: FeatureSpec = DEFAULT_SPEC) -> np.ndarray:
-    """Observation float32 [spec.dim] for the tree built so far (depth >= 1) at this context length."""
+    """Observation float32 [spec.dim] for the tree built so far (depth >= 1) at this context length.
+    ngram_v1 reads the n-gram signals a `SourcedTree` carries (none: no match)."""
     depth = tree.depth
     scores = tree.scores.astype(np.float64)
     frontier = scores[tree.nodes_up_to(depth - 1):] if depth >= 1 else scores[:0]
     ranked = _top_desc(scores[1:], int(spec.ranks[-1]))[spec.ranks - 1]
     ctx = min(np.log1p(max(context_len, 0)) / np.log1p(spec.context_norm), 1.0)
-    return np.concatenate((np.exp(_top_desc(frontier, spec.top_k)), np.exp(ranked),
-                           [min(depth / spec.max_depth, 1.0), ctx])).astype(np.float32)
+    parts = [np.exp(_top_desc(frontier, spec.top_k)), np.exp(ranked), [min(depth / spec.max_depth, 1.0), ctx]]
+    if spec.uses_ngram:
+        parts.append(ngram_features(getattr(tree, "ngram", NO_SIGNALS)))
+    return np.concatenate(parts).astype(np.float32)
 
 
-def pre_draft_tree() -> DraftTree:
-    """The tree before any draft step: the root alone (its token does not enter the observation)."""
-    return DraftTree(np.zeros(1, np.int64), np.array([-1]), np.zeros(1, np.float32), np.zeros(1, np.int8))
+def pre_draft_tree(ngram: NgramSignals | None = None) -> DraftTree:
+    """The tree before any draft step: the root alone (its token does not enter the observation),
+    carrying the cycle's n-gram signals when there are some."""
+    root = (np.zeros(1, np.int64), np.array([-1]), np.zeros(1, np.float32), np.zeros(1, np.int8))
+    if ngram is None:
+        return DraftTree(*root)
+    return SourcedTree(*root, np.zeros(1, np.uint8), np.zeros(1, np.float32), np.zeros(1, np.float32), ngram)
 
 
-def pre_draft_observation(context_len: int, spec: FeatureSpec = DEFAULT_SPEC) -> np.ndarray:
-    """The depth policy's observation before the first draft step (feature set "paper_v2"): `observe`
-    of the root-only tree, so depth 0, an empty frontier and pool, and the context length."""
-    return observe(pre_draft_tree(), context_len, spec)
+def pre_draft_observation(context_len: int, spec: FeatureSpec = DEFAULT_SPEC,
+                          ngram: NgramSignals | None = None) -> np.ndarray:
+    """The depth policy's observation before the first draft step (feature sets paper_v2, ngram_v1):
+    `observe` of the root-only tree, so depth 0, an empty frontier and pool, the context length, and
+    (ngram_v1) the cycle's n-gram signals."""
+    return observe(pre_draft_tree(ngram), context_len, spec)
 
 
 def step_stats(tree: DraftTree) -> tuple[np.ndarray, np.ndarray]:

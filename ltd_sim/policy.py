@@ -23,7 +23,7 @@ from ltd_sim.features import FeatureSpec, observe, pre_draft_observation
 from ltd_sim.io import read_dir, replace_dir, write_with
 from ltd_sim.sim import SimTables, first_stop
 from ltd_sim.trace import Sampling
-from ltd_sim.tree import DraftTree
+from ltd_sim.tree import DraftTree, NgramSignals
 
 POLICY_FORMAT = "ltd-policies"
 POLICY_VERSION = 1
@@ -113,6 +113,16 @@ def sampling_mismatch(info: dict, temperature: float, top_p: float = 1.0) -> str
         return None
     return (f"note: these policies were trained on traces at {'; '.join(s.label() for s in trained)}, "
             f"decoding runs at {here.label()} (trace and pretrain at this setting for policies tuned to it)")
+
+
+def calibration_mismatch(info: dict, digest: str) -> str | None:
+    """One line when the decoder scores n-gram branches with another calibration (digest) than the one
+    the policies were trained with (their spec's "ngram" entry); None when they agree or it is unknown."""
+    trained = (info.get("ngram") or {}).get("calibration")
+    if trained is None or trained == digest:
+        return None
+    return (f"note: these policies were trained with the n-gram calibration {trained}, decoding scores n-gram "
+            f"branches with {digest} (pass the same --ngram-calibration)")
 
 
 def load_policies(policy_dir: str | os.PathLike) -> Policies:
@@ -215,13 +225,14 @@ class PolicyController:
         self.calls += 1
         return action
 
-    def should_draft(self, context_len: int) -> bool:
-        """Before step 1 (feature set paper_v2): STOP is "no draft" (D = 0). Policies of paper_v1
-        were never asked there, so they always draft."""
+    def should_draft(self, context_len: int, ngram: NgramSignals | None = None) -> bool:
+        """Before step 1 (feature sets paper_v2, ngram_v1, the latter seeing the cycle's n-gram
+        signals): STOP is "no draft" (D = 0). Policies of paper_v1 were never asked there, so they
+        always draft."""
         if not self.spec.asks_before_draft:
             return True
         t0 = time.perf_counter()
-        obs = pre_draft_observation(context_len, self.spec)
+        obs = pre_draft_observation(context_len, self.spec, ngram)
         fast = self._depth_fast
         action = fast.act(obs) if fast is not None else int(predict(self.depth_model, obs[None])[0])
         self.seconds += time.perf_counter() - t0
@@ -232,8 +243,9 @@ class PolicyController:
         """Whether the depth policy says "no draft" at every context length up to `max_context`. The
         pre-draft decision sees the context length only, so this is exact: such policies decode as
         plain decoding, and a caller may drop the drafter (whose per-cycle bookkeeping, the target's
-        hidden states for its catch-up, then buys nothing)."""
-        if not self.spec.asks_before_draft:
+        hidden states for its catch-up, then buys nothing). Policies that see n-gram signals decide on
+        the context's content too: never claimed."""
+        if not self.spec.asks_before_draft or self.spec.uses_ngram:
             return False
         obs = np.stack([pre_draft_observation(c, self.spec) for c in range(max(int(max_context), 0) + 1)])
         return bool((predict(self.depth_model, obs) == STOP).all())

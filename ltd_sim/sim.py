@@ -13,6 +13,11 @@ D = 0 is the "no draft" action: no draft forward, the root alone verified, one t
 the cost of a plain decoding step (`ar_cost`). The drafter catches up on the tokens committed
 meanwhile at its next drafted cycle; that catch-up is not priced (an EAGLE-3 head feeds a few more
 tokens in its first step's one forward).
+
+Traces with n-gram branches (docs/ngram.md): every cycle of such a decoder looks the context up
+before deciding (the cost model's `ngram` term, added to every cycle, D = 0 included), and an n-gram
+source without a model drafts for free (its "steps" are trie levels: no draft forward is priced).
+A calibration other than the recording's re-scores the recorded trees exactly (`rescore`).
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ltd_sim import defaults
-from ltd_sim.cost_model import CostModel
+from ltd_sim.cost_model import CostModel, ngram_seconds
 from ltd_sim.errors import LTDError
-from ltd_sim.features import FeatureSpec, observe, pre_draft_observation, step_stats
-from ltd_sim.trace import Sampling, TraceSequence, sampling_of
+from ltd_sim.features import FeatureSpec, check_ngram_match, observe, pre_draft_observation, spec_for, step_stats
+from ltd_sim.ngram_calibration import NgramCalibration, rescore
+from ltd_sim.trace import HEAD, NGRAM, Sampling, TraceSequence, sampling_of
 from ltd_sim.tree import accepted_length_table
 
 
@@ -37,7 +43,7 @@ class SimTables:
     feats: np.ndarray  # float32 [P, D, F]: observation after D steps
     conf: np.ndarray  # float32 [P, D]: best step-D node's conditional probability (heuristics)
     entropy: np.ndarray  # float32 [P, D]: entropy of the distribution that step D drew from (heuristics)
-    dmax: np.ndarray  # int16 [P]: depth of the recorded tree
+    dmax: np.ndarray  # int16 [P]: depth of the recorded tree (0: nothing to draft, an n-gram source without a match)
     context: np.ndarray  # int64 [P]
     seq_start: np.ndarray  # int64 [S]
     seq_end: np.ndarray  # int64 [S]: exclusive; a sequence is done when its position reaches this
@@ -49,6 +55,11 @@ class SimTables:
     sampling: tuple[Sampling, ...] = (Sampling(),)  # the settings the traces were recorded at
     # float32 [P, F]: the observation before the first draft step (the "no draft" decision, D = 0)
     feats0: np.ndarray | None = None
+    draft_sources: str = HEAD  # the traces' draft sources (trace.HEAD, NGRAM, HYBRID)
+    # float64 [P]: a "no draft" cycle of this decoder (plain decoding, plus the n-gram lookup when it
+    # has an n-gram source); None: ar_cost
+    nodraft_cost: np.ndarray | None = None
+    ngram_match: np.ndarray | None = None  # int32 [P]: the n-gram match length (n-gram traces only)
 
     @property
     def num_positions(self) -> int:
@@ -67,13 +78,20 @@ class SimTables:
 
     @classmethod
     def build(cls, traces: list[TraceSequence], cost: CostModel, grid=defaults.SIZE_GRID,
-              spec: FeatureSpec | None = None) -> "SimTables":
+              spec: FeatureSpec | None = None, calibration: NgramCalibration | None = None) -> "SimTables":
+        """Tables of `traces` under `cost`. `spec`: the feature set (default: paper_v2, or ngram_v1 for
+        traces with n-gram branches); `calibration`: re-score the n-gram branches with it."""
         if not traces:
             raise LTDError("no trace sequences to simulate")
         top_k, max_depth = traces[0].top_k, traces[0].max_depth
         if any((t.top_k, t.max_depth) != (top_k, max_depth) for t in traces):
             raise LTDError("trace sequences mix (top_k, max_depth) settings")
-        spec = spec or FeatureSpec(top_k=top_k, max_depth=max_depth, size_grid=tuple(grid))
+        sources = traces[0].draft_sources
+        if any(t.draft_sources != sources for t in traces):
+            raise LTDError("trace sequences mix draft sources (head, ngram, head+ngram)")
+        has_ngram = sources != HEAD
+        spec = spec or spec_for(has_ngram, top_k=top_k, max_depth=max_depth, size_grid=tuple(grid))
+        check_ngram_match(spec, has_ngram, f"the feature set {spec.name}")
         sizes = np.asarray(grid, dtype=np.int64)
         counts = np.array([t.num_positions for t in traces], dtype=np.int64)
         P, D, G = int(counts.sum()), max_depth, len(sizes)
@@ -84,10 +102,16 @@ class SimTables:
         entropy = np.zeros((P, D), np.float32)
         dmax = np.zeros(P, np.int16)
         context = np.concatenate([t.context_lens for t in traces]).astype(np.int64)
+        feats0 = np.zeros((P, spec.dim), np.float32)
+        match = np.zeros(P, np.int32)
         row = 0
         for t in traces:
             for p in range(t.num_positions):
                 tree = t.tree(p)
+                if has_ngram and calibration is not None:
+                    tree = rescore(tree, calibration)
+                feats0[row] = pre_draft_observation(int(context[row]), spec, getattr(tree, "ngram", None))
+                match[row] = t.signals(p).match_len
                 depth = tree.depth
                 table = accepted_length_table(tree, t.continuation(p), sizes)
                 pools = np.array([tree.nodes_up_to(d) - 1 for d in range(1, depth + 1)])
@@ -97,18 +121,23 @@ class SimTables:
                 conf[row, :depth], entropy[row, :depth] = c, e
                 for d in range(1, depth + 1):
                     feats[row, d - 1] = observe(tree.truncated(d), int(context[row]), spec)
-                if depth < D:  # a cut tree (context end): deeper choices act as the deepest
+                if 1 <= depth < D:  # a cut tree (context end): deeper choices act as the deepest
                     for arr in (acc, vsize, feats, conf, entropy):
                         arr[row, depth:] = arr[row, depth - 1]
-                dmax[row] = depth
+                dmax[row] = depth  # 0: every choice is "no draft" (`simulate` clips the depth to it)
                 row += 1
-        feats0 = np.stack([pre_draft_observation(int(c), spec) for c in context]).astype(np.float32)
-        cost_tab = _cost_table(cost, vsize, context, top_k)
         ar_cost = np.array([cost.predict_cycle(0, 0, int(c), top_k) for c in context])
+        lookup = np.array([ngram_seconds(cost, int(c)) for c in context]) if has_ngram else np.zeros(P)
+        cost_tab = _cost_table(cost, vsize, context, top_k, model_steps=sources != NGRAM) + lookup[:, None, None]
         seq_start = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
         return cls(acc, vsize, cost_tab, feats, conf, entropy, dmax, context, seq_start, seq_start + counts,
                    ar_cost, tuple(int(v) for v in sizes), top_k, max_depth, spec, tuple(sampling_of(traces)),
-                   feats0)
+                   feats0, sources, ar_cost + lookup if has_ngram else None, match if has_ngram else None)
+
+    @property
+    def no_draft_cost(self) -> np.ndarray:
+        """[P]: seconds of a "no draft" cycle (D = 0) of this decoder."""
+        return self.ar_cost if self.nodraft_cost is None else self.nodraft_cost
 
     def subset(self, seqs) -> "SimTables":
         """The tables of some sequences only (by sequence index)."""
@@ -119,17 +148,24 @@ class SimTables:
         return SimTables(self.acc[rows], self.vsize[rows], self.cost[rows], self.feats[rows], self.conf[rows],
                          self.entropy[rows], self.dmax[rows], self.context[rows], start, start + counts,
                          self.ar_cost[rows], self.grid, self.top_k, self.max_depth, self.spec, self.sampling,
-                         self.feats0[rows])
+                         self.feats0[rows], self.draft_sources,
+                         None if self.nodraft_cost is None else self.nodraft_cost[rows],
+                         None if self.ngram_match is None else self.ngram_match[rows])
 
 
-def _cost_table(cost: CostModel, vsize: np.ndarray, context: np.ndarray, top_k: int) -> np.ndarray:
-    """predict_cycle for every (position, D, g), each distinct (D, V, context) asked once."""
+def _cost_table(cost: CostModel, vsize: np.ndarray, context: np.ndarray, top_k: int,
+                model_steps: bool = True) -> np.ndarray:
+    """predict_cycle for every (position, D, g), each distinct (D, V, context) asked once; without
+    `model_steps` (an n-gram source alone: its levels cost no forward) verify + overhead only."""
     P, D, G = vsize.shape
     depth = np.broadcast_to(np.arange(1, D + 1)[None, :, None], vsize.shape)
     ctx = np.broadcast_to(context[:, None, None], vsize.shape)
     keys = np.stack((depth.ravel(), vsize.ravel(), ctx.ravel()), axis=1)
     uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-    values = np.array([cost.predict_cycle(int(d), int(v), int(c), top_k) for d, v, c in uniq])
+    if model_steps:
+        values = np.array([cost.predict_cycle(int(d), int(v), int(c), top_k) for d, v, c in uniq])
+    else:
+        values = np.array([cost.verify(int(v), int(c)) + cost.overhead(int(d), int(v), top_k) for d, v, c in uniq])
     if not np.all(np.isfinite(values)) or (values <= 0).any():
         raise LTDError("the cost model predicted a non-positive or non-finite cycle time")
     return values[inverse.ravel()].reshape(P, D, G)
@@ -152,11 +188,12 @@ class SimResult:
 
 def cycle_outcome(t: SimTables, p: np.ndarray, d: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(draft tokens accepted, seconds) of cycles at positions p with depth d (0 = no draft) and size
-    index g; the one lookup that the replay, the envs and the serving simulation share."""
-    drafted = d >= 1
+    index g; the one lookup that the replay, the envs and the serving simulation share. A position
+    with nothing to draft (an n-gram source without a match: depth 0) is a "no draft" cycle whatever d."""
+    drafted = (d >= 1) & (t.dmax[p] >= 1)
     col = np.maximum(d, 1) - 1
     a = np.where(drafted, t.acc[p, col, g].astype(np.int64), 0)
-    c = np.where(drafted, t.cost[p, col, g], t.ar_cost[p])
+    c = np.where(drafted, t.cost[p, col, g], t.no_draft_cost[p])
     return a, c
 
 
@@ -240,7 +277,7 @@ def oracle(t: SimTables) -> tuple[SimResult, np.ndarray, np.ndarray]:
         cost = np.where(valid, cost, np.inf)
         # the last column: no draft (D = 0), one token at the plain decoding step's cost
         acc = np.concatenate((acc, np.zeros((n, 1), np.int64)), axis=1)
-        cost = np.concatenate((cost, t.ar_cost[a:b, None]), axis=1)
+        cost = np.concatenate((cost, t.no_draft_cost[a:b, None]), axis=1)
         choice = np.zeros(n, np.int64)
         for i in range(n - 1, -1, -1):
             nxt = i + np.minimum(acc[i] + 1, n - i)

@@ -9,6 +9,13 @@ target's output itself (whose tokens after p are position p's continuation), and
 T > 0 a continuation the target sampled: the header records the sampling settings (`Sampling`) and
 the seed, and the simulation is exact in both cases (docs/sampling.md). Writes are atomic; a damaged
 or foreign file raises `LTDError` with one clear line.
+
+Version 2 adds the n-gram branches of decoders with an n-gram source (`--ngram`, `--draft-kind
+ngram`; docs/ngram.md): per node, its sources, the head's score and the n-gram log share (so a trace
+can be re-scored under another calibration); per position, the match length, the number of earlier
+occurrences and the best first-token n-gram score (the signals a policy observes). The header's
+`draft_sources` says which sources drafted ("head", "ngram" or "head+ngram"). Version 1 files (no
+n-gram arrays) still load.
 """
 
 from __future__ import annotations
@@ -25,12 +32,15 @@ import numpy as np
 
 from ltd_sim.io import write_bytes, write_json
 from ltd_sim.errors import LTDError
-from ltd_sim.tree import DraftTree
+from ltd_sim.tree import DraftTree, NgramSignals, SourcedTree
 
 TRACE_FORMAT = "ltd-trace"
-TRACE_VERSION = 1
+TRACE_VERSION = 2
+READS_VERSIONS = (1, 2)  # version 1: no n-gram arrays
 MANIFEST = "manifest.json"
 _ARRAYS = ("tokens", "parents", "scores", "steps", "offsets", "output", "context_lens")
+_NGRAM_ARRAYS = ("sources", "head_scores", "ngram_share", "ngram_match", "ngram_count", "ngram_best")
+HEAD, NGRAM, HYBRID = "head", "ngram", "head+ngram"  # a trace's draft sources
 _NAME = re.compile(r"seq_(\d{5,})(?:_s(\d{2,}))?\.npz")
 
 
@@ -84,15 +94,39 @@ class TraceSequence:
     max_depth: int
     meta: dict = field(default_factory=dict)
     sampling: Sampling = Sampling()  # the law `output` was drawn from (greedy by default)
+    draft_sources: str = HEAD  # HEAD, NGRAM or HYBRID: which sources drafted the trees
+    # n-gram arrays (None for HEAD traces): per node
+    sources: np.ndarray | None = None  # uint8 [N]: SOURCE_HEAD / SOURCE_NGRAM bits
+    head_scores: np.ndarray | None = None  # float32 [N]: the head's score (-inf: an n-gram node only)
+    ngram_share: np.ndarray | None = None  # float32 [N]: log share of the n-gram occurrences through it
+    # ... and per position
+    ngram_match: np.ndarray | None = None  # int32 [P]: longest match length (0: none)
+    ngram_count: np.ndarray | None = None  # int32 [P]: its earlier occurrences
+    ngram_best: np.ndarray | None = None  # float32 [P]: best first-token n-gram score (-inf: no branch)
 
     @property
     def num_positions(self) -> int:
         return len(self.offsets) - 1
 
+    @property
+    def has_ngram(self) -> bool:
+        return self.draft_sources != HEAD
+
+    def signals(self, p: int) -> NgramSignals:
+        """Position p's n-gram signals (what the decoder's policy saw before drafting)."""
+        if not self.has_ngram:
+            return NgramSignals()
+        return NgramSignals(int(self.ngram_match[p]), int(self.ngram_count[p]), float(self.ngram_best[p]))
+
     def tree(self, p: int) -> DraftTree:
+        """Position p's recorded tree: a `SourcedTree` when the trace has n-gram branches."""
         a, b = int(self.offsets[p]), int(self.offsets[p + 1])
-        return DraftTree(self.tokens[a:b].astype(np.int64), self.parents[a:b].astype(np.int32),
-                         self.scores[a:b], self.steps[a:b])
+        arrays = (self.tokens[a:b].astype(np.int64), self.parents[a:b].astype(np.int32), self.scores[a:b],
+                  self.steps[a:b])
+        if not self.has_ngram:
+            return DraftTree(*arrays)
+        return SourcedTree(*arrays, self.sources[a:b], self.head_scores[a:b], self.ngram_share[a:b],
+                           self.signals(p))
 
     def continuation(self, p: int) -> np.ndarray:
         """The target's tokens below position p's root (continuation[d] at depth d + 1). At T > 0 they
@@ -101,7 +135,9 @@ class TraceSequence:
 
     @classmethod
     def from_trees(cls, trees: list[DraftTree], output, context_lens, top_k: int, max_depth: int,
-                   meta: dict | None = None, sampling: Sampling = Sampling()) -> "TraceSequence":
+                   meta: dict | None = None, sampling: Sampling = Sampling(),
+                   draft_sources: str = HEAD) -> "TraceSequence":
+        """One sequence from its trees (`SourcedTree`s unless `draft_sources` is HEAD)."""
         sizes = [t.num_nodes for t in trees]
         offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
 
@@ -109,9 +145,19 @@ class TraceSequence:
             return np.concatenate([getattr(t, name) for t in trees]).astype(dt) if trees else np.zeros(0, dt)
 
         pdt = np.int16 if max(sizes, default=0) < 2**15 else np.int32
+        ngram = {}
+        if draft_sources != HEAD:
+            if not all(isinstance(t, SourcedTree) for t in trees):
+                raise ValueError("a trace with n-gram branches needs SourcedTree trees")
+            ngram = {"sources": cat("sources", np.uint8), "head_scores": cat("head_scores", np.float32),
+                     "ngram_share": cat("ngram_share", np.float32),
+                     "ngram_match": np.array([t.ngram.match_len for t in trees], np.int32),
+                     "ngram_count": np.array([t.ngram.matches for t in trees], np.int32),
+                     "ngram_best": np.array([t.ngram.best_score for t in trees], np.float32)}
         return cls(cat("tokens", np.int32), cat("parents", pdt), cat("scores", np.float32),
                    cat("steps", np.int8), offsets, np.asarray(output, np.int64),
-                   np.asarray(context_lens, np.int64), int(top_k), int(max_depth), dict(meta or {}), sampling)
+                   np.asarray(context_lens, np.int64), int(top_k), int(max_depth), dict(meta or {}), sampling,
+                   draft_sources, **ngram)
 
     def validate(self, where: str = "trace") -> None:
         n, p = len(self.tokens), self.num_positions
@@ -124,6 +170,13 @@ class TraceSequence:
                            f"{len(self.context_lens)} context lengths (expected {p + 1} and {p})")
         if n and (self.steps.max() > self.max_depth):
             raise LTDError(f"{where}: a node is deeper than max_depth {self.max_depth}")
+        if self.draft_sources not in (HEAD, NGRAM, HYBRID):
+            raise LTDError(f"{where}: unknown draft sources {self.draft_sources!r}")
+        if self.has_ngram:
+            arrays = [getattr(self, name) for name in _NGRAM_ARRAYS]
+            if any(a is None for a in arrays) or any(len(a) != n for a in arrays[:3]) \
+                    or any(len(a) != p for a in arrays[3:]):
+                raise LTDError(f"{where}: n-gram arrays missing or of the wrong length")
 
 
 def save_sequence(path: str | os.PathLike, seq: TraceSequence) -> None:
@@ -131,10 +184,12 @@ def save_sequence(path: str | os.PathLike, seq: TraceSequence) -> None:
     path = Path(path)
     seq.validate(str(path))
     header = {"format": TRACE_FORMAT, "version": TRACE_VERSION, "top_k": seq.top_k,
-              "max_depth": seq.max_depth, "sampling": seq.sampling.to_json(), "meta": seq.meta}
+              "max_depth": seq.max_depth, "sampling": seq.sampling.to_json(), "draft_sources": seq.draft_sources,
+              "meta": seq.meta}
+    names = _ARRAYS + (_NGRAM_ARRAYS if seq.has_ngram else ())
     buf = io.BytesIO()
     np.savez_compressed(buf, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
-                        **{name: getattr(seq, name) for name in _ARRAYS})
+                        **{name: getattr(seq, name) for name in names})
     write_bytes(path, buf.getvalue())
 
 
@@ -144,6 +199,9 @@ def load_sequence(path: str | os.PathLike) -> TraceSequence:
         with np.load(path, allow_pickle=False) as data:
             header = json.loads(bytes(data["header"]).decode())
             arrays = {name: data[name] for name in _ARRAYS}
+            sources = header.get("draft_sources", HEAD) if isinstance(header, dict) else HEAD
+            if sources != HEAD:
+                arrays.update({name: data[name] for name in _NGRAM_ARRAYS})
     except FileNotFoundError:
         raise LTDError(f"no trace file at {path}") from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
@@ -151,15 +209,15 @@ def load_sequence(path: str | os.PathLike) -> TraceSequence:
                        f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'}") from None
     if not isinstance(header, dict) or header.get("format") != TRACE_FORMAT:
         raise LTDError(f"{path} is not an LTD trace file")
-    if header.get("version") != TRACE_VERSION:
+    if header.get("version") not in READS_VERSIONS:
         raise LTDError(f"trace file {path} has format version {header.get('version')}; this toolkit reads "
-                       f"version {TRACE_VERSION} (re-record it with `ltd trace`)")
+                       f"versions {', '.join(map(str, READS_VERSIONS))} (re-record it with `ltd trace`)")
     try:
         sampling = Sampling.from_json(header.get("sampling"))
     except (LTDError, TypeError, ValueError, AttributeError):
         raise LTDError(f"trace file {path} has unreadable sampling settings: {header.get('sampling')!r}") from None
     seq = TraceSequence(**arrays, top_k=int(header["top_k"]), max_depth=int(header["max_depth"]),
-                        meta=header.get("meta", {}), sampling=sampling)
+                        meta=header.get("meta", {}), sampling=sampling, draft_sources=sources)
     seq.validate(str(path))
     return seq
 
@@ -221,6 +279,10 @@ def load_traces(trace_dir: str | os.PathLike, split: str = "all",
     shapes = {(s.top_k, s.max_depth) for s in seqs}
     if len(shapes) > 1:
         raise LTDError(f"traces in {trace_dir} mix (top_k, max_depth) settings: {sorted(shapes)}")
+    kinds = {s.draft_sources for s in seqs}
+    if len(kinds) > 1:
+        raise LTDError(f"traces in {trace_dir} mix draft sources ({', '.join(sorted(kinds))}); "
+                       "record one kind per folder")
     settings = sampling_of(seqs)
     if len(settings) > 1 and not mix_sampling:
         raise LTDError(f"traces in {trace_dir} mix sampling settings ({'; '.join(s.label() for s in settings)}); "

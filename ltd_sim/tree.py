@@ -9,7 +9,7 @@ Everything here is numpy on small arrays (a pool holds at most k + (D-1)k^2 node
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -232,3 +232,42 @@ def accepted_length_table(tree: DraftTree, continuation: np.ndarray, sizes) -> n
         rank = ranks_upto[inside, n - 2]
         table[d - 1] = (rank[None, :] < sizes[:, None]).sum(axis=1)
     return table
+
+
+# --------------------------------------------------------------------------------------------
+# Trees with several draft sources (DESIGN.md, "Merged draft sources")
+# --------------------------------------------------------------------------------------------
+
+SOURCE_HEAD = 1  # bit of `SourcedTree.sources`: the model drafter proposed the node
+SOURCE_NGRAM = 2  # bit: an n-gram branch proposed it (both bits: merged)
+
+
+@dataclass(frozen=True)
+class NgramSignals:
+    """What the n-gram source found for a cycle, known before any draft step: the signals a policy
+    observes (feature set "ngram_v1")."""
+
+    match_len: int = 0  # length of the longest context suffix that occurred earlier (0: none)
+    matches: int = 0  # its earlier occurrences, context and corpus together
+    best_score: float = float("-inf")  # the best first-token score of the branches (-inf: no branch)
+
+
+@dataclass
+class SourcedTree(DraftTree):
+    """A draft tree whose nodes say which source proposed them, with what each source scored them.
+
+    `scores` is what the tree arithmetic reads: the larger of the head's score and the n-gram score.
+    The parts are kept so that a trace recorded with one n-gram calibration can be re-scored with
+    another (`ltd_sim.ngram_calibration.rescore`): the n-gram score of a node is its `ngram_share`
+    (log of the share of the used occurrences through it) plus the calibration's cumulative log rate
+    at its depth, and neither the tree's shape nor the head's scores depend on the calibration."""
+
+    sources: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))  # bits; root 0
+    head_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))  # -inf: no head
+    ngram_share: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))  # 0: no n-gram
+    ngram: NgramSignals = NgramSignals()
+
+    def truncated(self, depth: int) -> "SourcedTree":
+        n = self.nodes_up_to(depth)
+        return SourcedTree(self.tokens[:n], self.parents[:n], self.scores[:n], self.steps[:n], self.sources[:n],
+                           self.head_scores[:n], self.ngram_share[:n], self.ngram)

@@ -156,17 +156,21 @@ def prefill(target, cache, prompt_ids: torch.Tensor, feature_layers=None):
 
 @torch.no_grad()
 def draft_tree(drafter: Drafter, root_token: int, top_k: int, max_depth: int,
-               depth_ctrl: DepthController, context_len: int) -> DraftTree:
+               depth_ctrl: DepthController, context_len: int,
+               proposal: NgramProposal | None = None) -> DraftTree:
     """Grow the draft tree one step at a time; the depth controller decides after each step.
 
-    An `NgramDrafter`'s branches are grafted after the model's last step, cut at the depth the model
-    reached (so the tree at depth D is still the first D steps of a deeper one); without a model the
-    n-gram trie is the tree, one level per step (`ngram_tree`)."""
+    An `NgramDrafter`'s branches (`proposal`, found for `max_depth` before the cycle drafts; proposed
+    here when not given) are grafted after each of the model's steps, cut at the depth reached, so the
+    depth controller sees the tree that would be verified, and the tree at depth D is still the first
+    D steps of a deeper one. Without a model the n-gram trie is the tree, one level per step
+    (`ngram_tree`)."""
     if isinstance(drafter, NgramDrafter):
+        if proposal is None:
+            proposal = drafter.proposer.propose(max_depth)
         if drafter.model is None:
-            return ngram_tree(drafter.proposer.propose(max_depth), root_token, depth_ctrl, context_len)
-        tree = _model_tree(drafter.model, root_token, top_k, max_depth, depth_ctrl, context_len)
-        return merge_proposal(tree, drafter.proposer.propose(tree.depth))
+            return ngram_tree(proposal, root_token, depth_ctrl, context_len)
+        return _model_tree(drafter.model, root_token, top_k, max_depth, depth_ctrl, context_len, proposal)
     return _model_tree(drafter, root_token, top_k, max_depth, depth_ctrl, context_len)
 
 
@@ -183,16 +187,21 @@ def ngram_tree(proposal: NgramProposal, root_token: int, depth_ctrl: DepthContro
 
 
 def _model_tree(drafter: Drafter, root_token: int, top_k: int, max_depth: int,
-                depth_ctrl: DepthController, context_len: int) -> DraftTree:
-    """The model drafter's tree by the EAGLE-2 rule (DESIGN.md), one `expand` per step."""
+                depth_ctrl: DepthController, context_len: int,
+                proposal: NgramProposal | None = None) -> DraftTree:
+    """The model drafter's tree by the EAGLE-2 rule (DESIGN.md), one `expand` per step, with the
+    n-gram `proposal` grafted (cut at each step's depth) when given."""
     builder = TreeBuilder(root_token, top_k, max_depth)
     while True:
         logp, ids = drafter.expand(builder.beam, builder.tokens, builder.parents, builder.steps, top_k)
         # one device-to-host copy per step (the depth decision needs it): token ids < 2**24 are exact in fp32
         step = torch.stack((logp.float(), ids.float())).cpu().numpy()
         builder.add_step(step[0], step[1].astype(np.int64))
-        if builder.depth >= max_depth or not depth_ctrl.should_continue(builder.tree(), context_len):
-            return builder.tree()
+        tree = builder.tree()
+        if proposal is not None:  # the beam stays the model's own: the graft does not change the next step
+            tree = merge_proposal(tree, proposal.truncated(builder.depth))
+        if builder.depth >= max_depth or not depth_ctrl.should_continue(tree, context_len):
+            return tree
 
 
 @torch.no_grad()
@@ -260,8 +269,12 @@ def run_cycle(target, cache, drafter: Drafter | None, root: int, cfg: DecodeConf
     layers = drafter.feature_layers if drafter is not None else None
     t_start = clock.now()
     root_pos = cache.get_seq_length()
-    if drafter is not None and depth_limit >= 1 and wants_draft(depth_ctrl, root_pos):  # D = 0: no draft forward
-        tree = draft_tree(drafter, root, cfg.top_k, depth_limit, depth_ctrl, root_pos)
+    # n-gram branches are found before the draft decision: their match is what a policy decides on
+    proposal = drafter.proposer.propose(depth_limit) if isinstance(drafter, NgramDrafter) and depth_limit >= 1 \
+        else None
+    signals = proposal.signals if proposal is not None else None
+    if drafter is not None and depth_limit >= 1 and wants_draft(depth_ctrl, root_pos, signals):  # D = 0: no draft
+        tree = draft_tree(drafter, root, cfg.top_k, depth_limit, depth_ctrl, root_pos, proposal)
         draft_s = clock.now() - t_start
         selected = select_verify_set(tree.scores, size_ctrl.choose_size(tree, root_pos))
     else:

@@ -87,10 +87,10 @@ class _Bridge:
     def __init__(self, env: "RealDecoderEnv"):
         self.env = env
 
-    def should_draft(self, context_len: int) -> bool:
+    def should_draft(self, context_len: int, ngram=None) -> bool:
         if not self.env.spec.asks_before_draft:  # a paper_v1 policy always drafts
             return True
-        return self.env._ask(pre_draft_tree(), context_len) != STOP
+        return self.env._ask(pre_draft_tree(ngram), context_len) != STOP
 
     def should_continue(self, tree, context_len: int) -> bool:
         return self.env._ask(tree, context_len) != STOP

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from ltd_sim import defaults
 from ltd_sim.errors import LTDError
 from realrun.decoder import DecodeConfig, GenerationResult, generate
+from realrun.drafters import NgramDrafter
 
 
 @dataclass
@@ -73,14 +74,13 @@ def generate_text(text: str, cfg: DecodeConfig, target: str | None = None, draft
     depth_ctrl, size_ctrl = StaticDepth(cfg.max_depth), StaticSize(size)
     policy = None
     if policy_dir:  # the saved LTD policies (ltd_sim.policy), observing through the one feature function
-        from ltd_sim.policy import PolicyController, sampling_mismatch
+        from ltd_sim.features import check_ngram_match
+        from ltd_sim.policy import PolicyController, calibration_mismatch, sampling_mismatch
 
-        if uses_ngram:  # no feature set observes n-gram branches yet (issue 15's later part)
-            raise LTDError("--policy cannot drive n-gram branches: these policies were trained without "
-                           "n-gram features (drop --ngram / --draft-kind ngram)")
-        if draft is None:
-            raise LTDError("--policy needs a draft model (--draft)")
+        if draft is None and not uses_ngram:
+            raise LTDError("--policy needs a drafter (--draft, --ngram or --draft-kind ngram)")
         policy = PolicyController(policy_dir)
+        check_ngram_match(policy.spec, uses_ngram, f"the policies in {policy_dir}")
         policy.check_compatible(cfg.top_k, cfg.max_depth)
         depth_ctrl = size_ctrl = policy
     set_threads()
@@ -94,6 +94,9 @@ def generate_text(text: str, cfg: DecodeConfig, target: str | None = None, draft
     out_text = pair.target.tokenizer.decode(result.token_ids, skip_special_tokens=True)
     notes = []
     if policy is not None and (note := sampling_mismatch(policy.info, cfg.temperature, cfg.top_p)):
+        notes.append(note)
+    if policy is not None and isinstance(drafter, NgramDrafter) and \
+            (note := calibration_mismatch(policy.info, drafter.proposer.calibration.digest())):
         notes.append(note)
     return TextGeneration(out_text, result, policy.seconds if policy is not None else None,
                           policy.calls if policy is not None else 0, notes)

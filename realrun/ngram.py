@@ -9,16 +9,8 @@ The proposal is a pure function of the committed context and the corpus: a trace
 decoder see the same branches at the same position.
 
 Scores make n-gram nodes comparable with a draft head's cumulative log-probs, so that "root + the V
-best nodes" stays one connected subtree (DESIGN.md, "Merged draft sources"): a node at depth j of a
-branch found with a match of length m scores
-
-    log(share) + sum_{i <= j} log r(m, i)
-
-where `share` is the fraction of the used occurrences whose continuation passes through the node, and
-r(m, i) (`NgramCalibration`) is the rate at which the i-th token of a branch is accepted given the
-tokens before it were. Both terms only fall along a branch, so a node never outscores its parent.
-Until a table is fitted on traces, the prior r(m, i) = (m + i - 1) / (m + i) is used: the chance that
-the first j tokens are all accepted is then m / (m + j).
+best nodes" stays one connected subtree (DESIGN.md, "Merged draft sources"): the formula, the
+calibration table and its fit on traces live in `ltd_sim.ngram_calibration`.
 
 `merge_proposal` grafts a proposal into a drafter's tree: siblings carrying the same token become one
 node (the greedy walk and the lossless sampler assume distinct siblings) with the larger score, and
@@ -29,22 +21,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from ltd_sim import defaults
 from ltd_sim.errors import LTDError
-from ltd_sim.tree import DraftTree
+from ltd_sim.ngram_calibration import NgramCalibration, best_first_score, branch_scores
+from ltd_sim.tree import SOURCE_HEAD, SOURCE_NGRAM, DraftTree, NgramSignals, SourcedTree
+
+__all__ = ["NgramCalibration", "SOURCE_HEAD", "SOURCE_NGRAM", "SourcedTree", "NgramSignals"]  # re-exported
 
 CORPUS_FORMAT = "ltd-ngram-corpus"
-CALIBRATION_FORMAT = "ltd-ngram-calibration"
 FORMAT_VERSION = 1
 MAX_NGRAM = defaults.MAX_NGRAM
 SEPARATOR = -1  # between corpus sequences: no n-gram and no continuation crosses it
-
-SOURCE_HEAD = 1  # bit of `SourcedTree.sources`: the model drafter proposed the node
-SOURCE_NGRAM = 2  # bit: an n-gram branch proposed it (both bits: merged)
 
 
 @dataclass(frozen=True)
@@ -114,67 +105,6 @@ def index_of(tokens, cfg: NgramConfig) -> NgramIndex:
 
 
 # --------------------------------------------------------------------------------------------
-# Calibration: n-gram scores on the head's scale
-# --------------------------------------------------------------------------------------------
-
-@dataclass
-class NgramCalibration:
-    """log r(m, i): log of the rate at which token i (1-based) of a branch found with a match of
-    length m is accepted, given tokens 1..i-1 of the branch were. Rows m = 1..rows (longer matches
-    use the last row), columns i = 1..cols (deeper tokens use the last column); every entry <= 0."""
-
-    log_rate: np.ndarray  # float [rows, cols]
-    fitted: bool = False  # False: the prior below, not yet measured on traces
-    note: str = "prior r(m, i) = (m + i - 1) / (m + i)"
-
-    def __post_init__(self) -> None:
-        self.log_rate = np.asarray(self.log_rate, dtype=np.float64)
-        if self.log_rate.ndim != 2 or 0 in self.log_rate.shape:
-            raise LTDError("an n-gram calibration needs a non-empty table [match length, position]")
-        if not np.isfinite(self.log_rate).all() or (self.log_rate > 0).any():
-            raise LTDError("an n-gram calibration's log rates must be finite and <= 0")
-
-    @classmethod
-    def prior(cls, rows: int = 16, cols: int = 64) -> "NgramCalibration":
-        """r(m, i) = (m + i - 1) / (m + i): longer matches, and branches already followed further,
-        are trusted more; P(first j tokens accepted) = m / (m + j)."""
-        m = np.arange(1, rows + 1)[:, None]
-        i = np.arange(1, cols + 1)[None, :]
-        return cls(np.log((m + i - 1) / (m + i)))
-
-    def cumulative(self, match_len: int, depth: int) -> np.ndarray:
-        """[depth]: sum_{i <= j} log r(match_len, i) for j = 1..depth."""
-        row = self.log_rate[min(match_len, self.log_rate.shape[0]) - 1]
-        cols = np.minimum(np.arange(depth), len(row) - 1)
-        return np.cumsum(row[cols])
-
-    def to_json(self) -> dict:
-        return {"format": CALIBRATION_FORMAT, "version": FORMAT_VERSION, "fitted": self.fitted,
-                "note": self.note, "log_rate": self.log_rate.tolist()}
-
-    def save(self, path) -> None:
-        from ltd_sim.io import write_json
-
-        write_json(path, self.to_json())
-
-    @classmethod
-    def load(cls, path) -> "NgramCalibration":
-        from ltd_sim.io import read_json
-
-        raw = read_json(path, "--ngram-calibration")
-        if not isinstance(raw, dict) or raw.get("format") != CALIBRATION_FORMAT or "log_rate" not in raw:
-            raise LTDError(f"--ngram-calibration {path} is not an {CALIBRATION_FORMAT} file")
-        if raw.get("version") != FORMAT_VERSION:
-            raise LTDError(f"--ngram-calibration {path} has version {raw.get('version')!r}; "
-                           f"this toolkit reads version {FORMAT_VERSION}")
-        try:
-            return cls(np.asarray(raw["log_rate"], dtype=np.float64), bool(raw.get("fitted", False)),
-                       str(raw.get("note", "")))
-        except (TypeError, ValueError) as exc:
-            raise LTDError(f"--ngram-calibration {path}: bad log_rate table ({exc})") from None
-
-
-# --------------------------------------------------------------------------------------------
 # Proposals
 # --------------------------------------------------------------------------------------------
 
@@ -187,10 +117,22 @@ class NgramProposal:
     tokens: np.ndarray  # int64 [n]
     parents: np.ndarray  # int64 [n]: index of the parent trie node, -1 for the root
     depths: np.ndarray  # int64 [n]: 1 for the root's children
-    scores: np.ndarray  # float32 [n]: calibrated cumulative log score (module docstring)
+    scores: np.ndarray  # float32 [n]: calibrated cumulative log score (ltd_sim.ngram_calibration)
+    log_share: np.ndarray  # float32 [n]: log of the share of the used occurrences through the node
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    @property
+    def signals(self) -> NgramSignals:
+        """What a policy may observe before drafting (feature set "ngram_v1")."""
+        return NgramSignals(self.match_len, self.matches, best_first_score(self.scores, self.depths))
+
+    def truncated(self, depth: int) -> "NgramProposal":
+        """The proposal `propose` gives at a smaller depth (the trie's nodes are in depth order)."""
+        n = int(np.searchsorted(self.depths, depth, side="right"))
+        return NgramProposal(self.match_len, self.matches, self.tokens[:n], self.parents[:n], self.depths[:n],
+                             self.scores[:n], self.log_share[:n])
 
 
 def _earlier_ends(index: NgramIndex | None, key: tuple[int, ...], last: int,
@@ -230,7 +172,7 @@ def _trie(continuations: list[list[int]]):
 
 def _empty_trie() -> tuple[np.ndarray, ...]:
     empty = np.zeros(0, dtype=np.int64)
-    return empty, empty, empty, np.zeros(0, dtype=np.float32)
+    return empty, empty, empty, np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32)
 
 
 def no_proposal() -> NgramProposal:
@@ -259,8 +201,9 @@ def propose(context: NgramIndex, corpus: NgramIndex | None, cfg: NgramConfig, ca
         if not conts:  # every occurrence ends the stream: nothing follows it yet
             return NgramProposal(n, in_context + in_corpus, *_empty_trie())
         tokens, parents, depths, support = _trie(conts)
-        scores = np.log(support / len(used)) + calibration.cumulative(n, int(depths.max()))[depths - 1]
-        return NgramProposal(n, in_context + in_corpus, tokens, parents, depths, scores.astype(np.float32))
+        log_share = np.log(support / len(used)).astype(np.float32)
+        scores = branch_scores(log_share, n, depths, calibration)
+        return NgramProposal(n, in_context + in_corpus, tokens, parents, depths, scores, log_share)
     return no_proposal()
 
 
@@ -291,21 +234,6 @@ class NgramProposer:
 # Trees with sources, and the graft
 # --------------------------------------------------------------------------------------------
 
-@dataclass
-class SourcedTree(DraftTree):
-    """A draft tree whose nodes say which source proposed them (SOURCE_HEAD / SOURCE_NGRAM bits; the
-    root 0), with the n-gram match that shaped it (the signals a policy may observe)."""
-
-    sources: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
-    match_len: int = 0
-    matches: int = 0
-
-    def truncated(self, depth: int) -> "SourcedTree":
-        n = self.nodes_up_to(depth)
-        return SourcedTree(self.tokens[:n], self.parents[:n], self.scores[:n], self.steps[:n],
-                           self.sources[:n], self.match_len, self.matches)
-
-
 def merge_proposal(tree: DraftTree, proposal: NgramProposal) -> SourcedTree:
     """`tree` (a drafter's, nodes in step order) with the proposal's branches grafted below its root.
 
@@ -320,9 +248,11 @@ def merge_proposal(tree: DraftTree, proposal: NgramProposal) -> SourcedTree:
     n = tree.num_nodes
     sources = np.full(n, SOURCE_HEAD, dtype=np.uint8)
     sources[0] = 0
+    head_scores = tree.scores.astype(np.float32)
+    share = np.zeros(n, dtype=np.float32)
     if len(proposal) == 0:
-        return SourcedTree(tree.tokens, tree.parents, tree.scores, tree.steps, sources,
-                           proposal.match_len, proposal.matches)
+        return SourcedTree(tree.tokens, tree.parents, tree.scores, tree.steps, sources, head_scores, share,
+                           proposal.signals)
     # (parent, token) -> node, for the tree nodes carrying a token of the trie (the only ones a branch
     # node can merge into); the root's parent -1 never matches
     carries = np.zeros(n, dtype=bool)
@@ -345,19 +275,23 @@ def merge_proposal(tree: DraftTree, proposal: NgramProposal) -> SourcedTree:
     scores = tree.scores.copy()
     np.maximum.at(scores, where[merged], proposal.scores[merged])
     sources[where[merged]] |= SOURCE_NGRAM
+    share[where[merged]] = proposal.log_share[merged]
     new = ~merged  # in trie order, which is the order of their indices n, n+1, ...
+    added_nodes = int(new.sum())
     tokens = np.concatenate((tree.tokens, proposal.tokens[new]))
     parents = np.concatenate((tree.parents.astype(np.int64), parent_of[new]))
     scores = np.concatenate((scores, proposal.scores[new].astype(np.float32)))
     steps = np.concatenate((tree.steps, proposal.depths[new].astype(np.int8)))
-    sources = np.concatenate((sources, np.full(int(new.sum()), SOURCE_NGRAM, dtype=np.uint8)))
+    sources = np.concatenate((sources, np.full(added_nodes, SOURCE_NGRAM, dtype=np.uint8)))
+    head_scores = np.concatenate((head_scores, np.full(added_nodes, -np.inf, dtype=np.float32)))
+    share = np.concatenate((share, proposal.log_share[new]))
     order = np.argsort(steps, kind="stable")
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
     par = parents[order]
     par = np.where(par < 0, -1, rank[np.maximum(par, 0)])
     return SourcedTree(tokens[order].astype(np.int64), par.astype(np.int32), scores[order], steps[order],
-                       sources[order], proposal.match_len, proposal.matches)
+                       sources[order], head_scores[order], share[order], proposal.signals)
 
 
 # --------------------------------------------------------------------------------------------
@@ -413,6 +347,13 @@ def corpus_index(raw: dict, path, cfg: NgramConfig, vocab_size: int, tokenizer=N
         index.extend(seq)
         index.end_segment()
     return index
+
+
+def corpus_digest(index: NgramIndex | None) -> str | None:
+    """A short digest of a corpus index's token stream (None: no corpus)."""
+    if index is None:
+        return None
+    return hashlib.sha256(np.asarray(index.tokens, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 @dataclass

@@ -5,7 +5,9 @@ Run the decoder with StaticDepth(max_depth) and StaticSize(0): every cycle draft
 target's next token: its greedy token, or at T > 0 a token sampled from the target's (temperature,
 top-p) law. The cycles therefore visit every position of the output once, and the output itself is
 each position's continuation. At T > 0 every (prompt, sample) gets its own seed, derived from the
-run's seed and recorded in the file, so a trace can be recorded again exactly.
+run's seed and recorded in the file, so a trace can be recorded again exactly. With an n-gram source
+(`--ngram`, `--draft-kind ngram`) the trees carry their n-gram branches, sources and signals (trace
+format version 2).
 """
 
 from __future__ import annotations
@@ -18,11 +20,19 @@ from ltd_sim import defaults
 from ltd_sim.control import StaticDepth, StaticSize
 from ltd_sim.errors import LTDError
 from ltd_sim.io import read_json
-from ltd_sim.trace import (MANIFEST, Sampling, TraceSequence, load_sequence, save_sequence, sequence_path,
-                           write_manifest)
+from ltd_sim.trace import (HEAD, HYBRID, MANIFEST, NGRAM, Sampling, TraceSequence, load_sequence, save_sequence,
+                           sequence_path, write_manifest)
 from ltd_sim.tree import DraftTree
 from realrun.decoder import DecodeConfig, generate
+from realrun.drafters import NgramDrafter
 from realrun.sampling import stream_seed
+
+
+def draft_sources(drafter) -> str:
+    """Which sources a drafter drafts from (a trace header's `draft_sources`)."""
+    if isinstance(drafter, NgramDrafter):
+        return NGRAM if drafter.model is None else HYBRID
+    return HEAD
 
 
 def record_sequence(target, drafter, prompt_ids, max_new_tokens: int = defaults.MAX_NEW_TOKENS,
@@ -40,7 +50,7 @@ def record_sequence(target, drafter, prompt_ids, max_new_tokens: int = defaults.
     def on_cycle(tree: DraftTree, record) -> None:
         if record.size != 0 or record.accepted != 0:
             raise AssertionError("trace recording verifies the root alone (V = 0)")
-        trees.append(DraftTree(tree.tokens.copy(), tree.parents.copy(), tree.scores.copy(), tree.steps.copy()))
+        trees.append(tree)  # every cycle builds its tree afresh: nothing later writes into these arrays
         contexts.append(record.context_len)
 
     if not sampling.greedy and seed is None:
@@ -52,7 +62,17 @@ def record_sequence(target, drafter, prompt_ids, max_new_tokens: int = defaults.
     info = {"prompt_len": int(np.asarray(prompt_ids).size), "stop_reason": result.stop_reason, **(meta or {})}
     if not sampling.greedy:
         info["seed"] = int(seed)
-    return TraceSequence.from_trees(trees, result.token_ids, contexts, top_k, max_depth, info, sampling)
+    return TraceSequence.from_trees(trees, result.token_ids, contexts, top_k, max_depth, info, sampling,
+                                    draft_sources(drafter))
+
+
+def ngram_manifest(proposer) -> dict:
+    """The n-gram settings a trace folder records (the corpus and calibration by digest)."""
+    from realrun.ngram import corpus_digest
+
+    cfg = proposer.cfg
+    return {"ngram_min": cfg.ngram_min, "ngram_max": cfg.ngram_max, "max_branches": cfg.max_branches,
+            "corpus": corpus_digest(proposer.corpus), "calibration": proposer.calibration.digest()}
 
 
 def check_folder_settings(out_dir: Path, settings: dict) -> None:
@@ -67,6 +87,8 @@ def check_folder_settings(out_dir: Path, settings: dict) -> None:
                            "record into another --out")
     if "sampling" not in old and settings.get("sampling", {}).get("temperature", 0) != 0:
         raise LTDError(f"{out_dir} holds greedy traces; record sampled ones into another --out")
+    if "draft_sources" not in old and settings.get("draft_sources", HEAD) != HEAD:
+        raise LTDError(f"{out_dir} holds traces of a draft model alone; record n-gram ones into another --out")
 
 
 def _done(path: Path, sampling: Sampling) -> bool:
@@ -101,7 +123,10 @@ def record_prompts(pair, prompts: list[dict], out_dir: str | Path, encode, max_n
 
     check_samples(sampling, samples, seed)
     out_dir = Path(out_dir)
-    settings = {"top_k": top_k, "max_depth": max_depth, "sampling": sampling.to_json()}
+    settings = {"top_k": top_k, "max_depth": max_depth, "sampling": sampling.to_json(),
+                "draft_sources": draft_sources(pair.drafter)}
+    if isinstance(pair.drafter, NgramDrafter):  # what shaped the branches: other settings, other traces
+        settings["ngram"] = ngram_manifest(pair.drafter.proposer)
     if not sampling.greedy:
         settings["seed"] = seed
     check_folder_settings(out_dir, settings)
@@ -136,17 +161,18 @@ def run_trace(prompts_path: str | Path, out_dir: str | Path, target: str | None 
               max_new_tokens: int = defaults.MAX_NEW_TOKENS, limit: int | None = None,
               top_k: int = defaults.TOP_K, max_depth: int = defaults.MAX_DEPTH, chat: bool = True,
               threads: int | None = None, progress: bool = True, temperature: float = 0.0,
-              top_p: float = 1.0, seed: int = 0, samples: int = 1) -> dict:
+              top_p: float = 1.0, seed: int = 0, samples: int = 1, ngram=None) -> dict:
     """`ltd trace`: check every option, load the pair, and record the first `limit` prompts of
     `prompts_path` (all by default; `samples` sampled continuations each at `temperature` > 0) into
-    `out_dir` (resumable). Returns `record_prompts`' summary."""
+    `out_dir` (resumable). `ngram` (an `NgramConfig`; implied by `draft_kind` "ngram"): record the
+    n-gram branches too. Returns `record_prompts`' summary."""
     from realrun.loading import load_pair, set_threads
     from realrun.models import encode_prompt
     from realrun.prompts import read_prompts
 
     # Every option is checked before the models load.
-    if draft is None:
-        raise LTDError("`ltd trace` needs a draft model: --draft DIR (or --draft default)")
+    if draft is None and draft_kind != "ngram":
+        raise LTDError("`ltd trace` needs a drafter: --draft DIR (or --draft default), or --draft-kind ngram")
     if limit is not None and limit < 1:
         raise LTDError(f"--limit must be at least 1, got {limit}")
     DecodeConfig(max_new_tokens=max_new_tokens, top_k=top_k, max_depth=max_depth).validate(True)
@@ -154,9 +180,10 @@ def run_trace(prompts_path: str | Path, out_dir: str | Path, target: str | None 
     check_samples(sampling, samples, seed)
     set_threads(threads)  # refuses --threads < 1 before anything is read
     prompts = read_prompts(prompts_path, limit)
-    pair = load_pair(target, draft, draft_kind, device, dtype)
+    pair = load_pair(target, draft, draft_kind, device, dtype, ngram)
     encode = lambda text: encode_prompt(pair.target.tokenizer, text, chat=chat)  # noqa: E731
-    info = {"target": str(pair.target.path), "draft": str(pair.draft_path), "draft_kind": pair.draft_kind,
+    info = {"target": str(pair.target.path), "draft": str(pair.draft_path) if pair.draft_path else None,
+            "draft_kind": pair.draft_kind,
             "prompts": str(prompts_path), "chat": chat}
     return record_prompts(pair, prompts, out_dir, encode, max_new_tokens, top_k, max_depth,
                           progress=progress, info=info, sampling=sampling, samples=samples, seed=seed)

@@ -21,6 +21,7 @@ from ltd_sim.trace import Sampling
 from realrun.bench.law import LawCheck, check_law, law_sample
 from realrun.bench.questions import Question, as_questions
 from realrun.bench.stats import QuestionRun, paired_ratio, summarize
+from realrun.drafters import NgramDrafter
 from realrun.decoder import DecodeConfig
 from realrun.measure import (DECODE_RATE, END_TO_END_RATE, RATE_LABELS, DecoderMethod, HFAssistedMethod,
                              Measurement)
@@ -191,10 +192,12 @@ def _load_hf_draft(hf_draft, pair) -> tuple[torch.nn.Module, str]:
 
 def policy_method(name: str, pair, policy_dir, max_new: int, sampling: Sampling = Sampling()) -> DecoderMethod:
     """Saved depth and size policies on our decoder, at their own top-k and max depth."""
-    from ltd_sim.policy import PolicyController, sampling_mismatch
+    from ltd_sim.features import check_ngram_match
+    from ltd_sim.policy import PolicyController, calibration_mismatch, sampling_mismatch
 
     ctrl = PolicyController(policy_dir)
     spec = ctrl.spec
+    check_ngram_match(spec, getattr(pair, "ngram", None) is not None, f"the {name} policies in {policy_dir}")
     cfg = DecodeConfig(max_new_tokens=max_new, top_k=spec.top_k, max_depth=spec.max_depth,
                        temperature=sampling.temperature, top_p=sampling.top_p)
     # policies that never draft here decode without the drafter: plain decoding, nothing to catch up on
@@ -203,7 +206,9 @@ def policy_method(name: str, pair, policy_dir, max_new: int, sampling: Sampling 
                          {"policy": str(policy_dir), "top_k": spec.top_k, "max_depth": spec.max_depth,
                           "size_grid": list(spec.size_grid), "features": spec.name,
                           "made_for": ctrl.info.get("device"), "never_drafts": never,
-                          "sampling_note": sampling_mismatch(ctrl.info, sampling.temperature, sampling.top_p)})
+                          "sampling_note": sampling_mismatch(ctrl.info, sampling.temperature, sampling.top_p),
+                          "calibration_note": calibration_mismatch(ctrl.info, pair.drafter.proposer.calibration.digest())
+                          if isinstance(pair.drafter, NgramDrafter) else None})
 
 
 def static_method(name: str, pair, depth: int, size: int, max_new: int, top_k: int = defaults.TOP_K,
@@ -361,10 +366,6 @@ def run_bench(pair, questions: list, cfg: BenchConfig | None = None, out_dir: st
     need = [m for m in names if m in DRAFTER_METHODS]
     if need and pair.drafter is None:
         raise LTDError(f"methods {', '.join(need)} need a drafter (--draft default or --draft PATH)")
-    policies = [m for m in names if m in ("ltd", "ltd-sim")]
-    if policies and getattr(pair, "ngram", None) is not None:  # no feature set observes n-gram branches yet
-        raise LTDError(f"methods {', '.join(policies)} cannot drive n-gram branches: their policies were trained "
-                       "without n-gram features (drop --ngram / --draft-kind ngram)")
     qs = as_questions(questions, pair.target.tokenizer)
 
     built = build_methods(pair, cfg)
@@ -405,8 +406,24 @@ def run_bench(pair, questions: list, cfg: BenchConfig | None = None, out_dir: st
     report = build_report(runs, checks, qs, {n: m.settings for n, m in built.items()}, max_depth, cfg,
                           fingerprint, grid_info)
     if out_dir is not None:
-        report["files"] = write_report(report, out_dir)
+        corpus = write_output_corpus(pair, runs["ar"], out_dir)
+        report["files"] = write_report(report, out_dir) + [str(corpus)]
     return report
+
+
+OUTPUT_CORPUS = "outputs_corpus.json"
+
+
+def write_output_corpus(pair, ar_runs: list, out_dir) -> Path:
+    """The target's own outputs (ar, first repeat) as an ltd-ngram-corpus file: a later run's n-gram
+    source can search them (`--ngram-corpus BENCH/outputs_corpus.json`, docs/ngram.md)."""
+    from realrun.ngram import write_corpus
+
+    path = Path(out_dir) / OUTPUT_CORPUS
+    tokenizer = pair.target.tokenizer
+    write_corpus(path, [run.tokens for _, rep, run in ar_runs if rep == 0], pair.target.vocab_size,
+                 tokenizer if hasattr(tokenizer, "get_vocab") else None)
+    return path
 
 
 def _interleave(pair, qs: list[Question], built: dict[str, Method], cfg: BenchConfig, progress: bool

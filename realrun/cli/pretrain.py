@@ -19,6 +19,8 @@ def add_parser(sub) -> None:
     p.add_argument("--rounds", type=int, default=d.rounds)
     p.add_argument("--reward", choices=["time", "throughput"], default=d.reward)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--ngram-calibration", default=None,
+                   help="train on the traces' n-gram branches re-scored with this calibration (decode with it too)")
     p.add_argument("--progress", action="store_true", help="stable-baselines3 progress bars")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_pretrain)
@@ -27,7 +29,7 @@ def add_parser(sub) -> None:
 def cmd_pretrain(args) -> int:
     from ltd_sim.errors import LTDError
     from ltd_sim.train import PretrainConfig, pretrain
-    from realrun.simulate import cost_device, load_tables
+    from realrun.simulate import cost_device, load_tables, ngram_spec
 
     for name in ("stage1_steps", "stage2_steps"):
         if getattr(args, name) < 1:
@@ -36,12 +38,13 @@ def cmd_pretrain(args) -> int:
         raise LTDError("--rounds must be >= 0")
     cfg = PretrainConfig(stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps, rounds=args.rounds,
                          reward=args.reward, seed=args.seed, progress_bar=args.progress)
-    train = load_tables(args.traces, args.cost, "train")
-    val = load_tables(args.traces, args.cost, "val")
+    train = load_tables(args.traces, args.cost, "train", calibration=args.ngram_calibration)
+    val = load_tables(args.traces, args.cost, "val", calibration=args.ngram_calibration)
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
     result = pretrain(train, val, args.out, cfg, log=log,
                       extra_spec={"traces": str(args.traces), "cost": str(args.cost),
-                                  "device": cost_device(args.cost)})
+                                  "device": cost_device(args.cost),
+                                  **ngram_spec(args.traces, args.ngram_calibration)})
     if args.json:
         print(json.dumps({"policies": str(result.out_dir / "policies"), "best_phase": result.best_phase,
                           "val_tokens_per_s": result.val_tokens_per_s,

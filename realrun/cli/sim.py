@@ -18,8 +18,17 @@ def add_parser(sub) -> None:
                    help="which sequences of the folder (the split pretraining uses; default all)")
     e.add_argument("--mix-sampling", action="store_true",
                    help="allow traces recorded at different temperatures / top-p in one evaluation")
+    e.add_argument("--ngram-calibration", default=None,
+                   help="re-score the traces' n-gram branches with this calibration (from `ltd sim calibrate`)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_sim_eval)
+
+    c = s.add_parser("calibrate", help="fit n-gram scores (acceptance rate by match length and depth) on traces")
+    c.add_argument("--traces", required=True, help="trace folder recorded with --ngram or --draft-kind ngram")
+    c.add_argument("--split", default="train", choices=["all", "train", "val", "test"])
+    c.add_argument("--out", required=True, help="calibration JSON to write (use it as --ngram-calibration)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_sim_calibrate)
 
     v = s.add_parser("serve", help="simpy serving simulation: goodput and latency vs load")
     v.add_argument("--cost", required=True)
@@ -46,7 +55,8 @@ def cmd_sim_eval(args) -> int:
 
     from ltd_sim.trace import Sampling
 
-    report = run_sim_eval(args.traces, args.cost, args.split, args.policy, args.mix_sampling)
+    report = run_sim_eval(args.traces, args.cost, args.split, args.policy, args.mix_sampling,
+                          args.ngram_calibration)
     if args.json:
         print(json.dumps(report))
         return 0
@@ -57,6 +67,20 @@ def cmd_sim_eval(args) -> int:
         params = {k: v for k, v in row.items() if k not in ("tokens_per_s", "tau", "oracle_ratio", "speedup_vs_ar")}
         print(f"{name:24s} {row['tokens_per_s']:9.2f} {row['tau']:6.2f} {row['oracle_ratio']:7.3f} "
               f"{row['speedup_vs_ar']:6.3f}  {params if params else ''}")
+    return 0
+
+
+def cmd_sim_calibrate(args) -> int:
+    from realrun.simulate import fit_ngram_calibration
+
+    summary = fit_ngram_calibration(args.traces, args.out, args.split)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"{summary['note']} -> {summary['out']} (digest {summary['digest']})")
+    print("acceptance rate r(m, i): rows match length m = 1.., columns branch position i = 1..")
+    for m, (rates, counts) in enumerate(zip(summary["rate"], summary["reached"]), start=1):
+        print(f"m={m:<3d} " + " ".join(f"{r:.2f}({n})" for r, n in zip(rates, counts)))
     return 0
 
 

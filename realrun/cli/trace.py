@@ -8,10 +8,11 @@ from ltd_sim import defaults
 
 
 def add_parser(sub) -> None:
-    from realrun.cli.options import add_decode_options
+    from realrun.cli.options import add_decode_options, add_ngram_options
 
     p = sub.add_parser("trace", help="record draft-tree traces for the simulator")
     add_decode_options(p)
+    add_ngram_options(p)
     p.add_argument("--prompts", required=True, help="Spec-Bench jsonl (question_id, category, turns) or text lines")
     p.add_argument("--out", required=True, help="trace folder (seq_NNNNN.npz + manifest.json)")
     p.add_argument("--max-new-tokens", type=int, default=defaults.MAX_NEW_TOKENS)
@@ -31,13 +32,14 @@ def add_parser(sub) -> None:
 
 
 def cmd_trace(args) -> int:
+    from realrun.cli.options import ngram_config
     from realrun.record import run_trace
 
     summary = run_trace(args.prompts, args.out, args.target, args.draft, args.draft_kind, args.device, args.dtype,
                         max_new_tokens=args.max_new_tokens, limit=args.limit, top_k=args.top_k,
                         max_depth=args.depth, chat=not args.no_chat, threads=args.threads,
                         progress=not args.no_progress, temperature=args.temperature, top_p=args.top_p,
-                        seed=args.seed, samples=args.samples)
+                        seed=args.seed, samples=args.samples, ngram=ngram_config(args))
     print(json.dumps(summary) if args.json else
           f"recorded {summary['recorded']} sequences ({summary['positions']} positions), "
           f"skipped {summary['skipped']} already there, {summary['sampling']} -> {summary['out']}")

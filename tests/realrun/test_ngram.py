@@ -158,7 +158,8 @@ def _proposal(paths_scores):
         where[path] = len(tokens)
         tokens.append(path[-1]), parents.append(where.get(path[:-1], -1)), depths.append(len(path))
         scores.append(score)
-    return NgramProposal(2, 2, np.array(tokens), np.array(parents), np.array(depths), np.array(scores, np.float32))
+    return NgramProposal(2, 2, np.array(tokens), np.array(parents), np.array(depths), np.array(scores, np.float32),
+                         np.zeros(len(tokens), np.float32))
 
 
 def test_siblings_with_the_same_token_are_merged():
