@@ -22,8 +22,22 @@ class CostModel(Protocol):
     def overhead(self, depth: int, size: int, top_k: int) -> float:
         """Fixed per-cycle work: tree selection, mask building, acceptance, KV compaction, policy."""
 
+    def ngram(self, context_len: int, depth: int | None = None) -> float:
+        """Finding the n-gram branches (the longest earlier match of the context's suffix) and merging
+        them into the draft tree (once per draft step): paid by cycles whose tree has n-gram branches
+        (`--ngram`, `--draft-kind ngram`), added by the simulator itself, never by `predict_cycle`.
+        `depth`: the cycle's draft steps (None: a cycle of the deepest profiled depth)."""
+
     def predict_cycle(self, depth: int, size: int, context_len: int, top_k: int) -> float:
         """draft (sum over steps) + verify + overhead, in seconds."""
+
+
+def ngram_seconds(model: CostModel, context_len: int, depth: int | None = None) -> float:
+    """Seconds of one cycle's n-gram phase; 0.0 for cost models written before that term existed."""
+    ngram = getattr(model, "ngram", None)
+    if not callable(ngram):
+        return 0.0
+    return float(ngram(context_len) if depth is None else ngram(context_len, depth))
 
 
 def predict_cycle(model: CostModel, depth: int, size: int, context_len: int, top_k: int) -> float:
@@ -54,6 +68,7 @@ class AnalyticCostModel:
     draft_per_ctx: float = 2e-7
     overhead_base: float = 0.0005
     overhead_per_token: float = 1e-5
+    ngram_propose: float = 2e-5  # n-gram lookup + merge into the tree (an indexed lookup: no context term)
 
     def draft_step(self, step: int, top_k: int, context_len: int) -> float:
         return (self.draft_first if step == 1 else self.draft_later) + self.draft_per_ctx * context_len
@@ -65,6 +80,9 @@ class AnalyticCostModel:
 
     def overhead(self, depth: int, size: int, top_k: int) -> float:
         return self.overhead_base + self.overhead_per_token * size
+
+    def ngram(self, context_len: int, depth: int | None = None) -> float:
+        return self.ngram_propose
 
     def predict_cycle(self, depth: int, size: int, context_len: int, top_k: int) -> float:
         return predict_cycle(self, depth, size, context_len, top_k)

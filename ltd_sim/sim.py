@@ -15,8 +15,10 @@ meanwhile at its next drafted cycle; that catch-up is not priced (an EAGLE-3 hea
 tokens in its first step's one forward).
 
 Traces with n-gram branches (docs/ngram.md): every cycle of such a decoder looks the context up
-before deciding (the cost model's `ngram` term, added to every cycle, D = 0 included), and an n-gram
-source without a model drafts for free (its "steps" are trie levels: no draft forward is priced).
+before deciding and merges the branches into the tree after every head step (the cost model's `ngram`
+term at the cycle's depth; at depth 1 for D = 0 cycles and for an n-gram source without a model, which
+merges once), and an n-gram source without a model drafts for free (its "steps" are trie levels: no
+draft forward is priced).
 A calibration other than the recording's re-scores the recorded trees exactly (`rescore`).
 """
 
@@ -127,8 +129,13 @@ class SimTables:
                 dmax[row] = depth  # 0: every choice is "no draft" (`simulate` clips the depth to it)
                 row += 1
         ar_cost = np.array([cost.predict_cycle(0, 0, int(c), top_k) for c in context])
-        lookup = np.array([ngram_seconds(cost, int(c)) for c in context]) if has_ngram else np.zeros(P)
-        cost_tab = _cost_table(cost, vsize, context, top_k, model_steps=sources != NGRAM) + lookup[:, None, None]
+        cost_tab = _cost_table(cost, vsize, context, top_k, model_steps=sources != NGRAM)
+        lookup = np.zeros(P)
+        if has_ngram:  # the n-gram phase: one lookup, and a merge after every head step (one without a head)
+            lookup = np.array([ngram_seconds(cost, int(c), 1) for c in context])
+            per_depth = lookup[:, None] if sources == NGRAM else \
+                np.array([[ngram_seconds(cost, int(c), d) for d in range(1, D + 1)] for c in context])
+            cost_tab = cost_tab + per_depth[:, :, None]
         seq_start = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
         return cls(acc, vsize, cost_tab, feats, conf, entropy, dmax, context, seq_start, seq_start + counts,
                    ar_cost, tuple(int(v) for v in sizes), top_k, max_depth, spec, tuple(sampling_of(traces)),

@@ -106,10 +106,31 @@ def write_summary(model: FittedCostModel, result: SweepResult, path: Path, image
     for d, v in example_settings():
         row = " | ".join(f"{1e3 * model.predict_cycle(d, v, c, k):.1f}" for c in ctx)
         lines.append(f"| {d} | {v} | {row} |")
+    lines += [""] + ngram_summary(model, result)
     if images:
         lines += [""] + [f"![{p.stem}](plots/{p.name})" for p in images]
     write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def ngram_summary(model: FittedCostModel, result: SweepResult) -> list[str]:
+    """profile.md's n-gram lines: the fitted (and measured) lookup-and-merge time per context for
+    depth-1 and the deepest cycles, or a line saying the profile predates the term."""
+    if not model.has_ngram:
+        return ["N-gram phase (`--ngram`, `--draft-kind ngram`): not measured (a profile from before this "
+                "term); the simulator prices it at 0 s. `ltd profile --force` measures it."]
+    ms = result.components.get("ngram") or []
+    measured = {(m.key["depth"], m.key["context_len"]): m.median for m in ms}
+    ctx = sorted({c for _, c in measured}) or list(result.spec["context_lens"])
+    depths = sorted({1, max((d for d, _ in measured), default=1)})
+    lines = ["N-gram phase of a cycle with n-gram branches (one lookup of a matching suffix, one merge per "
+             "draft step), added to the cycle times above, in us (fitted / measured median):", "",
+             "| depth | " + " | ".join(f"ctx {c}" for c in ctx) + " |", "|---|" + "---|" * len(ctx)]
+    for d in depths:
+        cells = [f"{1e6 * model.ngram(c, d):.0f}" + (f" / {1e6 * measured[d, c]:.0f}" if (d, c) in measured else "")
+                 for c in ctx]
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def load_measurements(path: str | Path) -> SweepResult:

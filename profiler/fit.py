@@ -49,11 +49,19 @@ def batch_features(batch, tokens) -> np.ndarray:
     return np.column_stack([b * t, b])
 
 
+def ngram_features(context_len, depth) -> np.ndarray:
+    """The depth of the cycle (one merge per draft step) is the step variable; the lookup is indexed,
+    so the context adds at most a linear drift (dict and list sizes)."""
+    c, d = (np.asarray(a, dtype=np.float64) for a in np.broadcast_arrays(context_len, depth))
+    return np.column_stack([d.reshape(-1), c.reshape(-1)])
+
+
 FEATURES = {"draft_step": draft_features, "verify": verify_features, "overhead": overhead_features,
-            "batch_forward": batch_features}
+            "batch_forward": batch_features, "ngram": ngram_features}
 #: measurement key -> argument order of each component's feature function
 ARGS = {"draft_step": ("step", "top_k", "context_len"), "verify": ("size", "context_len"),
-        "overhead": ("depth", "size", "top_k"), "batch_forward": ("batch", "tokens")}
+        "overhead": ("depth", "size", "top_k"), "batch_forward": ("batch", "tokens"),
+        "ngram": ("context_len", "depth")}
 
 
 class StepPlusLinear(RegressorMixin, BaseEstimator):

@@ -5,6 +5,8 @@ File layout (format_version 1):
    "fingerprint": {device, torch, dtype, target, draft, draft_weights, top_k, date, ...},
    "components": {name: {"params": {x, y, coef, intercept}, "cv": {mape, median_ape, ...}}},
    "policy_s": seconds per policy decision, "include_policy": true, "meta": {...}}
+Components: draft_step, verify, overhead (always), batch_forward and ngram (when measured; files from
+before the n-gram term lack "ngram" and still load: `ngram()` is then 0).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from profiler.fit import ARGS, FEATURES, predict_params
 
 FORMAT_VERSION = 1
 KIND = "ltd-cost-model"
-COMPONENTS = ("draft_step", "verify", "overhead", "batch_forward")
+COMPONENTS = ("draft_step", "verify", "overhead", "batch_forward", "ngram")
 #: fingerprint fields that must match for a model to describe this machine and these models; a device
 #: is whatever changes the cost curves: the hardware, the torch threads and the dtype
 MATCH_FIELDS = ("device", "threads", "torch", "dtype", "target", "draft")
@@ -118,6 +120,18 @@ class FittedCostModel:
         """Fixed work plus, with `include_policy`, depth + 1 policy decisions (one per step, one for V)."""
         fixed = self._eval("overhead", depth, size, top_k)
         return fixed + (self.policy_s * (depth + 1) if self.include_policy else 0.0)
+
+    def ngram(self, context_len: int, depth: int | None = None) -> float:
+        """The n-gram lookup and its merges into a tree of `depth` steps (None: the deepest profiled,
+        where the fitted step function is clipped); 0.0 for a profile from before this term
+        (`has_ngram` tells the two apart)."""
+        if not self.has_ngram:
+            return 0.0
+        return self._eval("ngram", context_len, np.inf if depth is None else depth)
+
+    @property
+    def has_ngram(self) -> bool:
+        return "ngram" in self.components
 
     def predict_cycle(self, depth: int, size: int, context_len: int, top_k: int) -> float:
         return predict_cycle(self, depth, size, context_len, top_k)

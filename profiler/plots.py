@@ -85,7 +85,22 @@ def _batch(ax, model, result):
     ax.legend(fontsize=7)
 
 
-PANELS = {"verify": _verify, "draft_step": _draft, "overhead": _overhead, "batch_forward": _batch}
+def _ngram(ax, model, result):
+    ms = result.components["ngram"]
+    depths = sorted({1, max(m.key["depth"] for m in ms)})
+    for i, d in enumerate(depths):
+        color = colormaps["tab10"](i)
+        pts = sorted((m for m in ms if m.key["depth"] == d), key=lambda m: m.key["context_len"])
+        ctx = [m.key["context_len"] for m in pts]
+        _errbar(ax, ctx, pts, color, f"depth {d}")
+        grid = np.linspace(0, max(ctx), 50)
+        ax.plot(grid, [1e3 * model.ngram(c, d) for c in grid], "-", color=color, lw=1)
+    ax.set(xlabel="context length", ylabel="ms", ylim=(0, None), title="n-gram lookup + merges (matching suffix)")
+    ax.legend(fontsize=7)
+
+
+PANELS = {"verify": _verify, "draft_step": _draft, "overhead": _overhead, "batch_forward": _batch,
+          "ngram": _ngram}
 
 
 def _save(fig: Figure, path: Path) -> Path:

@@ -7,6 +7,9 @@ Measured components (keys of `SweepResult.components`):
   overhead      by depth, V and top-k: tree selection, acceptance, KV compaction, drafter bookkeeping
   policy        one forward of a small MLP policy net (2 x 64, as stable-baselines3 builds by default)
   batch_forward target forward by batch size x tokens per sequence (for the serving simulation)
+  ngram         by context length and depth: the n-gram lookup (a suffix that really matches earlier
+                text) and its merges into a draft tree of the sweep's shape, one per draft step,
+                cumulative up to each depth; host work, timed on the CPU clock
 """
 
 from __future__ import annotations
@@ -42,6 +45,12 @@ class PhaseProbes(Protocol):
     def batch_forward(self, batch: int, tokens: int, context_len: int) -> Probe:
         """One target forward of `batch` sequences x `tokens` new tokens over `context_len` cached."""
 
+    def ngram(self, context_len: int, depth: int) -> Probe:
+        """One cycle's n-gram phase: propose branches of up to `depth` tokens after a `context_len`-token
+        context whose suffix occurred earlier and merge them into a head tree of the sweep's shape as
+        the decoder does; the probe returns the cumulative time after each of the `depth` draft steps.
+        Called after `prepare`; needs no KV cache of that length."""
+
 
 @dataclass
 class SweepSpec:
@@ -61,6 +70,13 @@ class SweepSpec:
     warmup: int  # untimed runs per point
     repeats: int  # timed runs per point
     policy_obs_dim: int = 16
+    # the n-gram phase is measured at context_lens plus these (it needs no KV cache, so longer contexts
+    # cost nothing to prepare), with more repeats: it takes tens of microseconds, so the noise is relative
+    ngram_contexts: tuple[int, ...] = ()
+    ngram_repeats: int = 20
+
+    def ngram_context_lens(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.context_lens) | set(self.ngram_contexts)))
 
     @classmethod
     def preset(cls, name: str) -> "SweepSpec":
@@ -70,18 +86,20 @@ class SweepSpec:
         if name == "tiny":
             return cls(name="tiny", context_lens=(16, 64), top_ks=(2, 4), max_depth=3, sizes=(0, 1, 2, 4, 6, 8),
                        overhead_depths=(1, 3), overhead_sizes=(0, 4), overhead_context=32,
-                       batch_sizes=(1, 2), batch_tokens=(1, 4), batch_context=16, warmup=1, repeats=3)
+                       batch_sizes=(1, 2), batch_tokens=(1, 4), batch_context=16, warmup=1, repeats=3,
+                       ngram_contexts=(128, 256), ngram_repeats=10)
         if name == "quick":
             return cls(name="quick", context_lens=(64, 512, 1024), top_ks=(4, defaults.TOP_K),
                        max_depth=defaults.MAX_DEPTH, sizes=tuple(sorted(set(grid) | {5, 10, 20, 40})),
                        overhead_depths=(1, defaults.MAX_DEPTH), overhead_sizes=(0, vmax), overhead_context=256,
-                       batch_sizes=(1, 4, 16), batch_tokens=(1, 4, 16), batch_context=128, warmup=1, repeats=4)
+                       batch_sizes=(1, 4, 16), batch_tokens=(1, 4, 16), batch_context=128, warmup=1, repeats=4,
+                       ngram_contexts=(256, 2048, 4096), ngram_repeats=30)
         if name == "full":
             return cls(name="full", context_lens=(64, 128, 256, 512, 1024, 2048), top_ks=(2, 4, 8, defaults.TOP_K, 16),
                        max_depth=defaults.MAX_DEPTH, sizes=tuple(range(0, vmax + 1)),
                        overhead_depths=(1, 4, defaults.MAX_DEPTH), overhead_sizes=(0, 8, 32, vmax),
                        overhead_context=512, batch_sizes=(1, 2, 4, 8, 16), batch_tokens=(1, 2, 4, 8, 16, 32),
-                       batch_context=256, warmup=2, repeats=7)
+                       batch_context=256, warmup=2, repeats=7, ngram_contexts=(4096,), ngram_repeats=50)
         raise ValueError(f"unknown sweep preset {name!r} (tiny, quick, full)")
 
     def capped(self, max_context: int) -> "SweepSpec":
@@ -89,7 +107,8 @@ class SweepSpec:
         room = max_context - max(self.sizes) - self.max_depth - 2
         ctx = tuple(c for c in self.context_lens if c <= room) or (max(8, room),)
         return replace(self, context_lens=ctx, overhead_context=min(self.overhead_context, ctx[-1]),
-                       batch_context=min(self.batch_context, ctx[-1]))
+                       batch_context=min(self.batch_context, ctx[-1]),
+                       ngram_contexts=tuple(c for c in self.ngram_contexts if c <= room))
 
     def count(self, has_drafter: bool) -> int:
         """Probe calls of a sweep (warm-ups included), for the progress bar."""
@@ -97,7 +116,8 @@ class SweepSpec:
         if has_drafter:
             n += len(self.context_lens) * len(self.top_ks)  # one point per draft_tree call
             n += len(self.overhead_depths) * len(self.overhead_sizes) * len(self.top_ks)
-        return n * (self.warmup + self.repeats) + 1
+        ngram = len(self.ngram_context_lens()) * (self.warmup + self.ngram_repeats)
+        return n * (self.warmup + self.repeats) + ngram + 1
 
 
 @dataclass
@@ -151,16 +171,16 @@ def run_sweeps(probes: PhaseProbes, spec: SweepSpec, timer: Timer, progress: boo
     spec = spec.capped(probes.max_context)
     result = SweepResult(asdict(spec), str(timer.device))
     comps = result.components = {"draft_step": [], "verify": [], "overhead": [], "policy": [],
-                                 "batch_forward": []}
+                                 "batch_forward": [], "ngram": []}
     t0 = time.perf_counter()
     bar = _progress(spec.count(probes.has_drafter), progress, f"profile ({spec.name})")
-    def group(name, keys, probes, split_steps=False):
-        reps = repeat_interleaved(probes, timer, spec.warmup, spec.repeats, seed=len(comps[name]),
+    def group(name, keys, probes, split_steps=False, clock=timer, repeats=spec.repeats, step_key="step"):
+        reps = repeat_interleaved(probes, clock, spec.warmup, repeats, seed=len(comps[name]),
                                   on_call=bar.update)
         for key, rs in zip(keys, reps):
-            if split_steps:  # one draft_tree call: one duration per step
+            if split_steps:  # one call: one value per step (draft: its duration; n-gram: cumulative)
                 for s in range(1, len(rs[0]) + 1):
-                    comps[name].append(summarize(dict(key, step=s), [r[s - 1] for r in rs]))
+                    comps[name].append(summarize({**key, step_key: s}, [r[s - 1] for r in rs]))
             else:
                 comps[name].append(summarize(key, [r[0] for r in rs]))
 
@@ -182,6 +202,12 @@ def run_sweeps(probes: PhaseProbes, spec: SweepSpec, timer: Timer, progress: boo
             combos = [(d, v, k) for k in spec.top_ks for d in spec.overhead_depths for v in spec.overhead_sizes]
             group("overhead", [{"depth": d, "size": v, "top_k": k, "context_len": ctx} for d, v, k in combos],
                   [probes.overhead(d, v, k) for d, v, k in combos])
+        # the n-gram phase is Python and numpy on the host (between the drafter's last host copy and
+        # the verify forward): the CPU clock times it on every device
+        bar.set_postfix_str("n-gram")
+        ngram_ctx = spec.ngram_context_lens()
+        group("ngram", [{"context_len": c} for c in ngram_ctx], [probes.ngram(c, spec.max_depth) for c in ngram_ctx],
+              split_steps=True, clock=Timer("cpu"), repeats=spec.ngram_repeats, step_key="depth")
         bar.set_postfix_str("policy")
         comps["policy"].append(time_policy(timer, spec.policy_obs_dim))
         bar.update()

@@ -2,6 +2,10 @@
 
     draft head -> profile -> trace -> pretrain (simulator) -> sim eval -> finetune (real decoder) -> bench -> report
 
+With `--ngram` (docs/ngram.md, "The pipeline with --ngram") the drafter is the head plus n-gram branches:
+the traces record the hybrid trees, a `calibrate` stage after `trace` fits the n-gram scores on the
+train split (RUN/ngram_calibration.json), and every later stage simulates and decodes with that fit.
+
 Each stage writes its artifact under the run directory and a marker `stages/NAME.json` holding the
 stage's configuration (its budget, the digests of the artifacts it read, and the device setting it
 ran on: torch threads and dtype). A stage whose marker matches is skipped, so a rerun after an
@@ -23,6 +27,9 @@ from pathlib import Path
 from ltd_sim.io import read_json, write_json
 from ltd_sim.errors import LTDError
 from ltd_sim.trace import Sampling
+from realrun.ngram import NgramConfig
+
+CALIBRATION_FILE = "ngram_calibration.json"  # the n-gram calibration a --ngram run fits on its traces
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,7 @@ class Pipeline:
     head: Path | None = None  # the EAGLE-3 head every stage uses (set by `draft_head`)
     dtype: str | None = None  # the target's dtype (None/"auto": float32 on CPU); threads: the process's
     sampling: Sampling = Sampling()  # every stage traces, tunes, fine-tunes and benches at this setting
+    ngram: NgramConfig | None = None  # --ngram: n-gram branches join the head's tree (calibration: unset)
     _pair: object = None  # the real decoder's models, loaded once for the stages that run it
 
     @property
@@ -103,6 +111,25 @@ class Pipeline:
     def sampling_marker(self) -> dict:
         """The sampling setting in a stage's marker (nothing when greedy: greedy runs' markers stay valid)."""
         return {} if self.sampling.greedy else {"sampling": self.sampling.to_json()}
+
+    @property
+    def ngram_marker(self) -> dict:
+        """The n-gram settings in a stage's marker (nothing without --ngram: those runs' markers stay valid)."""
+        return {} if self.ngram is None else {"ngram": ngram_settings(self.ngram)}
+
+    @property
+    def calibration_path(self) -> Path:
+        return self.run_dir / CALIBRATION_FILE
+
+    def calibration_marker(self) -> dict:
+        """The fitted calibration's digest for the stages that simulate or decode with it (nothing
+        without --ngram)."""
+        return {} if self.ngram is None else {"calibration": digest(self.calibration_path)}
+
+    @property
+    def calibration(self) -> str | None:
+        """The fitted calibration's path for the simulator (None without --ngram)."""
+        return None if self.ngram is None else str(self.calibration_path)
 
     @property
     def trace_samples(self) -> int:
@@ -157,23 +184,28 @@ class Pipeline:
         self.head = self.draft_head()
         head_digest = digest(self.head / "model.safetensors")
         dev = self.device
-        self.stage("profile", {"preset": b.profile_preset, "head": head_digest, "device": dev}, self.profile)
+        ng = self.ngram_marker  # the profile times the n-gram phase at the run's settings
+        self.stage("profile", {"preset": b.profile_preset, "head": head_digest, "device": dev, **ng}, self.profile)
         # traces depend on the dtype (numerics) and the sampling setting, not on the thread count
         sm = self.sampling_marker
         self.stage("trace", {"prompts": b.trace_prompts, "tokens": b.trace_tokens, "head": head_digest,
-                             "dtype": dev["dtype"], **sm}, self.trace, work=self.trace_dir)
-        inputs = {"traces": digest(self.trace_dir), "cost": digest(self.cost_path)}
+                             "dtype": dev["dtype"], **sm, **ng}, self.trace, work=self.trace_dir)
+        if self.ngram is not None:  # n-gram scores fitted on the train split, used by every later stage
+            self.stage("calibrate", {"traces": digest(self.trace_dir)}, self.calibrate)
+        inputs = {"traces": digest(self.trace_dir), "cost": digest(self.cost_path), **self.calibration_marker()}
         sim_policy = Path(self.stage("pretrain", {"budget": asdict(b), **inputs}, self.pretrain,
                                      work=self.run_dir / "pretrain")["policies"])
         self.stage("sim_eval", {"policies": digest(sim_policy), **inputs}, lambda: self.sim_eval(sim_policy))
         grid = grid_setting(self.stage("grid", {"trials": b.grid_trials, "device": dev, **inputs, **sm}, self.grid,
                                        work=self.run_dir / "tune"))
         ltd_policy = self.run_dir / "finetune" / "policies"
-        self.stage("finetune", {"minutes": b.finetune_minutes, "policies": digest(sim_policy), "device": dev, **sm},
-                   lambda: self.finetune(sim_policy), work=self.run_dir / "finetune")
+        decoded = {**sm, **ng, **self.calibration_marker()}  # what the real decoder's pair drafts with
+        self.stage("finetune", {"minutes": b.finetune_minutes, "policies": digest(sim_policy), "device": dev,
+                                **decoded}, lambda: self.finetune(sim_policy), work=self.run_dir / "finetune")
         self.stage("bench", {"budget": asdict(b), "ltd": digest(ltd_policy), "sim": digest(sim_policy),
-                             "grid": list(grid), "device": dev, **sm}, lambda: self.bench(sim_policy, ltd_policy, grid))
-        write_report(self.run_dir, b, self.summaries, self.sampling)
+                             "grid": list(grid), "device": dev, **decoded},
+                   lambda: self.bench(sim_policy, ltd_policy, grid))
+        write_report(self.run_dir, b, self.summaries, self.sampling, self.ngram)
         return self.summaries
 
     # -- stages ---------------------------------------------------------------------------------
@@ -206,7 +238,8 @@ class Pipeline:
         from realrun.probes import run_profile
 
         model = run_profile(self.target, str(self.head), "eagle3", dtype=self.dtype,
-                            preset=self.budget.profile_preset, out=self.run_dir, force=True, log=self.log).model
+                            preset=self.budget.profile_preset, out=self.run_dir, force=True, log=self.log,
+                            ngram=self.ngram).model
         return {"cost_model": str(self.cost_path), "cv_error": model.cv_errors()}
 
     def trace(self) -> dict:
@@ -215,38 +248,53 @@ class Pipeline:
         from realrun.prompts import default_trace_prompts
         from realrun.record import record_prompts
 
-        pair = load_pair(self.target, str(self.head), "eagle3", dtype=self.dtype)
+        # n-gram nodes scored with the prior: the calibration is fitted on these very traces (the
+        # simulator re-scores them exactly, the recorded trees' shapes do not depend on the scores)
+        pair = load_pair(self.target, str(self.head), "eagle3", dtype=self.dtype, ngram=self.ngram)
         return record_prompts(pair, default_trace_prompts(self.budget.trace_prompts), self.trace_dir,
                               lambda t: encode_prompt(pair.target.tokenizer, t), self.budget.trace_tokens,
                               info=trace_origin(pair, self.head), sampling=self.sampling,
                               samples=self.trace_samples, seed=0)
 
+    def calibrate(self) -> dict:
+        """--ngram: r(m, i) measured on the train split's hybrid traces (docs/ngram.md)."""
+        from realrun.simulate import fit_ngram_calibration
+
+        return fit_ngram_calibration(str(self.trace_dir), self.calibration_path, split="train")
+
     def pretrain(self) -> dict:
         from ltd_sim.train import PretrainConfig, pretrain
-        from realrun.simulate import cost_device, load_tables
+        from realrun.simulate import cost_device, load_tables, ngram_spec
 
         b = self.budget
-        traces, cost = str(self.trace_dir), str(self.cost_path)
+        traces, cost, cal = str(self.trace_dir), str(self.cost_path), self.calibration
         cfg = PretrainConfig(stage1_steps=b.stage1_steps, stage2_steps=b.stage2_steps, rounds=b.rounds)
-        result = pretrain(load_tables(traces, cost, "train"), load_tables(traces, cost, "val"),
+        result = pretrain(load_tables(traces, cost, "train", calibration=cal),
+                          load_tables(traces, cost, "val", calibration=cal),
                           self.run_dir / "pretrain", cfg, log=self.log,
-                          extra_spec={"traces": traces, "cost": cost, "device": cost_device(cost)})
+                          extra_spec={"traces": traces, "cost": cost, "device": cost_device(cost),
+                                      **ngram_spec(traces, cal)})
         return {"policies": str(result.out_dir / "policies"), "best_phase": result.best_phase,
                 "val_tokens_per_s": result.val_tokens_per_s, "val_best_static": result.val_best_static}
 
     def sim_eval(self, sim_policy: Path) -> dict:
         from realrun.simulate import run_sim_eval
 
-        table = run_sim_eval(str(self.trace_dir), str(self.cost_path), "test", str(sim_policy))
+        table = run_sim_eval(str(self.trace_dir), str(self.cost_path), "test", str(sim_policy),
+                             calibration=self.calibration)
         write_json(self.run_dir / "sim_eval.json", table)
         return table
 
     def pair(self):
-        """The real decoder's target and head, loaded on first use and kept for the later stages."""
+        """The real decoder's target and head, loaded on first use and kept for the later stages; with
+        --ngram its n-gram nodes are scored with the calibration the `calibrate` stage fitted."""
         if self._pair is None:
+            from dataclasses import replace
+
             from realrun.loading import load_pair
 
-            self._pair = load_pair(self.target, str(self.head), "eagle3", dtype=self.dtype)
+            ngram = None if self.ngram is None else replace(self.ngram, calibration=self.calibration)
+            self._pair = load_pair(self.target, str(self.head), "eagle3", dtype=self.dtype, ngram=ngram)
         return self._pair
 
     def encoded_trace_prompts(self) -> list[list[int]]:
@@ -263,7 +311,7 @@ class Pipeline:
         return run_tune("grid", str(self.trace_dir), str(self.cost_path), self.run_dir / "tune",
                         trials=self.budget.grid_trials, confirm=3, pair=self.pair(),
                         prompts=self.encoded_trace_prompts(), max_new_tokens=self.budget.trace_tokens, log=self.log,
-                        sampling=self.sampling)
+                        sampling=self.sampling, calibration=self.calibration)
 
     def finetune(self, sim_policy: Path) -> dict:
         from realrun.finetune import FinetuneConfig, run_finetune
@@ -278,7 +326,9 @@ class Pipeline:
 
         b = self.budget
         questions = encode_questions(default_bench_prompts(b.bench_questions), self.pair().target.tokenizer)
-        cfg = BenchConfig(methods=("ar", "eagle3", "grid", "ltd-sim", "ltd", "hf-assisted"),
+        # with --ngram, transformers' prompt lookup is the external n-gram peer (it is greedy only)
+        peer = ("hf-prompt-lookup",) if self.ngram is not None and self.sampling.greedy else ()
+        cfg = BenchConfig(methods=("ar", "eagle3", "grid", "ltd-sim", "ltd", "hf-assisted") + peer,
                           policy_dir=ltd_policy, sim_policy_dir=sim_policy, grid_setting=grid,
                           max_new_tokens=b.bench_tokens, repeats=b.bench_repeats,
                           peer_questions=b.bench_peer_questions, temperature=self.sampling.temperature,
@@ -308,14 +358,26 @@ def weights_digest(model_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def ngram_settings(cfg: NgramConfig) -> dict:
+    """What shapes a run's n-gram branches (its stage markers and report): the lengths, the branch
+    count and the corpus by content digest (None: no corpus)."""
+    corpus = None
+    if cfg.corpus is not None:
+        corpus = hashlib.sha256(Path(cfg.corpus).read_bytes()).hexdigest()[:16]
+    return {"ngram_min": cfg.ngram_min, "ngram_max": cfg.ngram_max, "max_branches": cfg.max_branches,
+            "corpus": corpus}
+
+
 def grid_setting(summary: dict) -> tuple[int, int]:
     """The grid baseline's (D, V): the best setting measured on the real decoder, else simulated."""
     chosen = summary.get("chosen") or summary.get("best_params")
     return int(chosen["depth"]), int(chosen["size"])
 
 
-def write_report(run_dir: Path, budget: StageBudget, summaries: dict, sampling: Sampling = Sampling()) -> Path:
-    """report.md + report.json of the whole run: which budget made it, each stage, the figures."""
+def write_report(run_dir: Path, budget: StageBudget, summaries: dict, sampling: Sampling = Sampling(),
+                 ngram: NgramConfig | None = None) -> Path:
+    """report.md + report.json of the whole run: which budget made it, each stage, the figures (and,
+    with `ngram`, that the drafter had n-gram branches and how their scores were calibrated)."""
     from ltd_sim.io import write_bytes
 
     bench = summaries.get("bench", {}).get("methods", {})
@@ -326,7 +388,8 @@ def write_report(run_dir: Path, budget: StageBudget, summaries: dict, sampling: 
              f"- device: {device}",
              f"- sampling: **{sampling.label()}**: every stage ran at it (traces, grid confirmation, fine-tuning, "
              "bench)" + ("" if sampling.greedy else f"; {SAMPLED_TRACE_SAMPLES} sampled continuations per trace "
-                         "prompt; the bench checks each method's output law against plain sampling"), ""]
+                         "prompt; the bench checks each method's output law against plain sampling")]
+    lines += ([ngram_line(ngram, summaries.get("calibrate", {}))] if ngram is not None else []) + [""]
     advice = recommendation(summaries)
     if advice:
         lines += ["## Recommendation", "", advice, ""]
@@ -361,8 +424,21 @@ def write_report(run_dir: Path, budget: StageBudget, summaries: dict, sampling: 
     text = "\n".join(lines) + "\n"
     write_bytes(run_dir / "report.md", text.encode())
     write_json(run_dir / "report.json", {"budget": asdict(budget), "device": device, "recommendation": advice,
-                                         "sampling": sampling.to_json(), "stages": summaries})
+                                         "sampling": sampling.to_json(),
+                                         "ngram": None if ngram is None else ngram_settings(ngram),
+                                         "stages": summaries})
     return run_dir / "report.md"
+
+
+def ngram_line(ngram: NgramConfig, calibrate: dict) -> str:
+    """The report's line on a --ngram run's drafter: the head plus n-gram branches (settings, calibration)."""
+    corpus = f", corpus {ngram.corpus}" if ngram.corpus else ""
+    return (f"- drafter: **the EAGLE-3 head + n-gram branches** (`--ngram`: suffixes of {ngram.ngram_min} to "
+            f"{ngram.ngram_max} tokens, up to {ngram.max_branches} branches{corpus}) in every decoder method "
+            f"(eagle3, grid, ltd-sim, ltd); policies observe the n-gram signals (ngram_v1); n-gram nodes scored "
+            f"with [{CALIBRATION_FILE}]({CALIBRATION_FILE}) (digest {calibrate.get('digest', '?')}: "
+            f"{calibrate.get('note', 'not fitted yet')}); the grid study ranks settings on the traces' prior "
+            "scores, then confirms the best on the calibrated decoder")
 
 
 def recommendation(summaries: dict) -> str | None:
@@ -408,21 +484,44 @@ def check_run_sampling(run_dir: Path, sampling: Sampling) -> None:
     write_json(marker, sampling.to_json())
 
 
+def check_run_ngram(run_dir: Path, ngram: NgramConfig | None) -> None:
+    """A run folder made with --ngram (hybrid traces, ngram_v1 policies) continues only with it, and one
+    made without only without: the other is refused in one line, before anything is touched. Other
+    n-gram lengths or corpus are fine (the trace stage and the stages after it rerun)."""
+    marker = run_dir / "stages" / "ngram.json"
+    if marker.is_file():
+        made_with = read_json(marker, "the run's n-gram marker").get("ngram") is not None
+    else:  # a run made before this marker existed had no n-gram branches
+        made_with = False if (run_dir / "stages" / "trace.json").is_file() else None
+    if made_with is not None and made_with != (ngram is not None):
+        raise LTDError(f"{run_dir} was made {'with' if made_with else 'without'} --ngram; use another --out "
+                       f"for a run {'without' if made_with else 'with'} it")
+
+
 def run_pipeline(run_dir: Path, budget_name: str, target: str | None = None, draft: str | None = None,
-                 dtype: str | None = None, sampling: Sampling = Sampling()) -> Path:
+                 dtype: str | None = None, sampling: Sampling = Sampling(), ngram: NgramConfig | None = None) -> Path:
     """Run (or resume) every stage in `run_dir` at the named budget, on this process's threads (see
     `profiler.device.pin_threads`) and `dtype`; returns the report's path. A run folder keeps the budget
-    it was made with."""
+    it was made with, its sampling setting, and whether it has n-gram branches (`ngram`: --ngram's
+    settings; its calibration is the run's own, fitted by the `calibrate` stage)."""
     budget = BUDGETS[budget_name]
     if run_dir.exists() and not run_dir.is_dir():
         raise LTDError(f"--out {run_dir} exists and is not a directory")
+    if ngram is not None:
+        from realrun.ngram import read_inputs
+
+        if ngram.calibration is not None:
+            raise LTDError("ltd pipeline fits its own n-gram calibration on its traces: drop --ngram-calibration")
+        read_inputs(ngram)  # bad lengths or a bad corpus fail here, before the folder is touched
     marker = run_dir / "stages" / "budget.json"
     if marker.is_file():
         made_with = read_json(marker, "the run's budget marker").get("name")
         if made_with != budget.name:
             raise LTDError(f"{run_dir} was made with the {made_with!r} budget; use another --out for a "
                            f"{budget.name!r} run")
+    check_run_ngram(run_dir, ngram)
     check_run_sampling(run_dir, sampling)
     write_json(marker, asdict(budget))
-    Pipeline(run_dir, budget, target, draft, dtype=dtype, sampling=sampling).run()
+    write_json(run_dir / "stages" / "ngram.json", {"ngram": None if ngram is None else ngram_settings(ngram)})
+    Pipeline(run_dir, budget, target, draft, dtype=dtype, sampling=sampling, ngram=ngram).run()
     return run_dir / "report.md"

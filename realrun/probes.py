@@ -25,6 +25,21 @@ if TYPE_CHECKING:  # fitting loads scikit-learn; building probes does not need i
     from profiler.model import FittedCostModel
 
 
+def matching_context(rng: np.random.Generator, vocab: int, length: int, span: int, occurrences: int,
+                     gap: int) -> list[int]:
+    """`length` random tokens whose last `span` tokens also occur up to `occurrences` times earlier,
+    each followed by at least `gap` other random tokens: the n-gram lookup then takes its matched path
+    (the longest suffix it tries, several branches of full depth), not the cheaper no-match one."""
+    ids = rng.integers(0, vocab, size=length)
+    key = ids[length - span:].copy()
+    stride = span + gap  # a copy and the tokens that follow it
+    copies = min(occurrences, max(length - span, 0) // stride)
+    # spread over the context; consecutive starts are at least `stride` apart
+    for start in np.linspace(0, length - span - stride, copies).astype(int) if copies else ():
+        ids[start:start + span] = key
+    return ids.tolist()
+
+
 def _crop_to(cache, length: int) -> None:
     extra = cache.get_seq_length() - length
     if extra > 0:
@@ -46,7 +61,10 @@ class DecoderProbes:
     """Probes over the decoder's own code on real models: `prefill` (set-up), `draft_tree` (per
     step), `verify_tree`, and `run_cycle`, whose phase clock gives the per-cycle overhead."""
 
-    def __init__(self, target: torch.nn.Module, drafter=None, context_limit: int | None = None, seed: int = 0):
+    def __init__(self, target: torch.nn.Module, drafter=None, context_limit: int | None = None, seed: int = 0,
+                 ngram=None):
+        """`ngram`: the `NgramConfig` whose n-gram phase is timed (default: the default settings)."""
+        self.ngram_cfg = ngram
         self.target = target
         self.drafter = drafter
         self.has_drafter = drafter is not None
@@ -139,6 +157,28 @@ class DecoderProbes:
             return [cycle.record.overhead_s]
         return probe
 
+    def ngram(self, context_len: int, depth: int):
+        """The decoder's n-gram work in a cycle of `depth` draft steps (`run_cycle` and `_model_tree`
+        with `--ngram`): one `propose`, then after each step d the proposal cut at d merged into the
+        head tree of d steps (the verify probes' tree, at the default n-gram settings). The probe
+        returns the cumulative time after each step: a cycle that stops at depth d pays entry d."""
+        from realrun.ngram import NgramConfig, NgramProposer, merge_proposal
+
+        cfg = self.ngram_cfg or NgramConfig()
+        proposer = NgramProposer(cfg)
+        proposer.begin(matching_context(self.rng, self.vocab, context_len, cfg.ngram_max, cfg.max_branches,
+                                        depth))
+        trees = [self.verify_source.truncated(d) for d in range(1, depth + 1)]  # the drafter's work, untimed
+
+        def probe(timer: Timer) -> list[float]:
+            marks = [timer.mark()]
+            proposal = proposer.propose(depth)
+            for d, tree in enumerate(trees, start=1):
+                merge_proposal(tree, proposal.truncated(d))
+                marks.append(timer.mark())
+            return np.cumsum(timer.durations(marks)).tolist()
+        return probe
+
     def batch_forward(self, batch: int, tokens: int, context_len: int):
         key = (batch, context_len)
         if key not in self._batch_caches:
@@ -225,8 +265,10 @@ class ProfileResult:
 def run_profile(target: str | None = None, draft: str | None = None, draft_kind: str | None = None,
                 device: str | None = None, dtype: str | None = None, preset: str = "quick",
                 out: str | Path = "runs/default", force: bool = False, progress: bool = True,
-                plots: bool = True, log=print) -> ProfileResult:
+                plots: bool = True, log=print, ngram=None) -> ProfileResult:
     """`ltd profile`: load the pair, sweep the decoder's phases, fit and write the cost model.
+    `ngram` (`ltd profile --ngram ...`): the n-gram settings whose lookup and merge are timed (the
+    n-gram component is measured in every profile, at the default settings otherwise).
 
     An existing cost_model.json for the same fingerprint is reused unless `force`; one for other
     hardware or models is refused unless `force`."""
@@ -252,6 +294,9 @@ def run_profile(target: str | None = None, draft: str | None = None, draft_kind:
     if existing.exists() and not force:
         model = load_cost_model(existing, expect_fingerprint=fingerprint)
         log(f"{existing} already profiles this device and these models (use --force to re-profile)")
+        if not model.has_ngram:
+            log(f"note: {existing} has no n-gram term (profiled before it existed): simulated --ngram cycles "
+                "get 0 s for the n-gram lookup; `ltd profile --force` measures it")
         return ProfileResult(model, time.perf_counter() - t0, reused=True)
     log(f"profiling {fingerprint['target']} + {draft_id} ({weights}) on {fingerprint['device']}, "
         f"{fingerprint['dtype']}, sweep '{preset}'")
@@ -260,7 +305,9 @@ def run_profile(target: str | None = None, draft: str | None = None, draft_kind:
         if busy is not None and busy > BUSY_WARNING:
             log(f"warning: other processes are using {100 * busy:.0f}% of the CPU; this profile will measure "
                 f"that contention (re-profile with the machine in the state it will decode in)")
-    probes = DecoderProbes(pair.target.model, drafter, pair.context_limit)
+    if ngram is not None:
+        ngram.validate()
+    probes = DecoderProbes(pair.target.model, drafter, pair.context_limit, ngram=ngram)
     model = profile_device(probes, spec, Timer(pair.target.device), fingerprint, out, progress, plots)
     return ProfileResult(model, time.perf_counter() - t0, reused=False)
 

@@ -88,16 +88,17 @@ def confirm_prompts(prompts: list) -> list:
 class _Tables:
     """Train / val / train+val simulator tables, built once per feature setting in this worker."""
 
-    def __init__(self, traces, cost_path):
-        from realrun.simulate import load_cost
+    def __init__(self, traces, cost_path, calibration: str | None = None):
+        from realrun.simulate import load_calibration, load_cost
         from ltd_sim.trace import load_traces
 
         self.cost = load_cost(cost_path)
+        self.calibration = load_calibration(calibration)  # n-gram traces: re-scored as the decoder scores
         self.seqs = {s: load_traces(traces, s) for s in ("train", "val")}
         self._built: dict = {}
 
     def get(self, split: str, context_norm: int | None = None):
-        from ltd_sim.features import FeatureSpec
+        from ltd_sim.features import spec_for
         from ltd_sim.sim import SimTables
 
         key = (split, context_norm)
@@ -107,9 +108,9 @@ class _Tables:
             if context_norm is not None:
                 from ltd_sim import defaults
 
-                spec = FeatureSpec(top_k=seqs[0].top_k, max_depth=seqs[0].max_depth,
-                                   size_grid=tuple(defaults.SIZE_GRID), context_norm=int(context_norm))
-            self._built[key] = SimTables.build(seqs, self.cost, spec=spec)
+                spec = spec_for(seqs[0].has_ngram, top_k=seqs[0].top_k, max_depth=seqs[0].max_depth,
+                                size_grid=tuple(defaults.SIZE_GRID), context_norm=int(context_norm))
+            self._built[key] = SimTables.build(seqs, self.cost, spec=spec, calibration=self.calibration)
         return self._built[key]
 
 
@@ -152,19 +153,24 @@ def check_options(kind: str, trials: int | None, confirm: int, trial_steps: int,
 
 def run_tune(kind: str, traces, cost, out_dir, trials: int | None = None, storage: str | None = None,
              study: str | None = None, confirm: int = 0, pair=None, prompts=None, trial_steps: int = 20_000, max_new_tokens: int = 64,
-             seed: int | None = None, log=print, sampling=None) -> dict:
+             seed: int | None = None, log=print, sampling=None, calibration: str | None = None) -> dict:
     """Run `trials` trials (None: `DEFAULT_TRIALS`) of the `kind` study in this worker (others may share the study), then
     confirm the best `confirm` on the real decoder (`pair`, `prompts`: token-id sequences, of which
     `confirm_prompts` are decoded). The confirmation decodes at the traces' sampling setting; `sampling`
-    (a `ltd_sim.trace.Sampling`), when given, must be that setting. Writes OUT/tune_KIND.json (and
-    OUT/grid.json or OUT/policies) and returns its content."""
+    (a `ltd_sim.trace.Sampling`), when given, must be that setting. `calibration`: an n-gram calibration
+    file the traces' n-gram branches are re-scored with (the one the decoder uses). Writes
+    OUT/tune_KIND.json (and OUT/grid.json or OUT/policies) and returns its content."""
     import optuna
 
     trials = check_options(kind, trials, confirm, trial_steps,
                            has_decoder=pair is not None and pair.drafter is not None and bool(prompts))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tables = _Tables(traces, cost)  # bad traces or cost fail here, before the study opens
+    tables = _Tables(traces, cost, calibration)  # bad traces or cost fail here, before the study opens
+    traced_ngram = tables.seqs["train"][0].has_ngram
+    if pair is not None and pair.drafter is not None and (getattr(pair, "ngram", None) is not None) != traced_ngram:
+        raise LTDError(f"the traces in {traces} were recorded {'with' if traced_ngram else 'without'} n-gram branches; "
+                       f"confirm with a decoder {'with' if traced_ngram else 'without'} them (--ngram)")
     name = study or f"ltd-{kind}"
     store = open_storage(storage, out)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
-    from realrun.cli.options import add_threads_option
+    from realrun.cli.options import add_ngram_options, add_threads_option
 
     p = sub.add_parser("profile", help="profile the decoder's phases on this device; fit and save a cost model")
     p.add_argument("--target", default=None, help="local Hugging Face model dir (default: SmolLM2-135M-Instruct)")
@@ -18,6 +18,7 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 (default: fp32 on CPU, bf16 on CUDA)")
     add_threads_option(p)
+    add_ngram_options(p)  # the n-gram settings whose phase is timed (always measured; defaults without --ngram)
     p.add_argument("--force", action="store_true", help="re-profile over an existing cost model")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--refit", action="store_true", help="refit and re-plot from --out's measurements.json (no timing)")
@@ -29,6 +30,7 @@ def cmd_profile(args) -> int:
 
     from profiler.build import MODEL_FILE, SUMMARY_FILE
     from profiler.device import pin_threads
+    from realrun.cli.options import ngram_config
     from realrun.probes import refit_profile, run_profile
 
     if args.refit:
@@ -37,7 +39,7 @@ def cmd_profile(args) -> int:
     preset = args.preset or ("quick" if args.quick else "full")
     pin_threads(args.threads)
     done = run_profile(args.target, args.draft, args.draft_kind, args.device, args.dtype, preset,
-                       args.out, args.force, plots=not args.no_plots)
+                       args.out, args.force, plots=not args.no_plots, ngram=ngram_config(args))
     if done.reused:
         return 0
     out = Path(args.out)

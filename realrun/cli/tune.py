@@ -7,7 +7,7 @@ import sys
 
 
 def add_parser(sub) -> None:
-    from realrun.cli.options import add_decode_options, add_sampling_options
+    from realrun.cli.options import add_decode_options, add_ngram_options, add_sampling_options
     from realrun.tune import DEFAULT_TRIALS
 
     p = sub.add_parser("tune", help="Optuna: PPO + feature hyperparameters (ppo) or the static (D, V) grid (grid)")
@@ -25,6 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--trial-steps", type=int, default=20_000, help="ppo: stage-1 env steps per policy per trial")
     p.add_argument("--seed", type=int, default=None, help="sampler seed (leave unset when workers share a study)")
     add_decode_options(p)
+    add_ngram_options(p)  # n-gram traces: --ngram-calibration re-scores them; --confirm decodes with --ngram
     add_sampling_options(p, None, "the traces' setting; another one is refused")  # --confirm decodes at it
     p.add_argument("--prompts", default=None, help="confirmation prompts (Spec-Bench jsonl or lines; "
                                                    "their validation fifth is decoded)")
@@ -37,12 +38,14 @@ def add_parser(sub) -> None:
 
 def cmd_tune(args) -> int:
     from ltd_sim.trace import Sampling
+    from realrun.cli.options import ngram_config
     from realrun.tune import check_options, run_tune
 
     sampling = None if args.temperature is None else Sampling(args.temperature, args.top_p)
 
     trials = check_options(args.kind, args.trials, args.confirm, args.trial_steps,
-                           has_decoder=args.draft is not None and args.prompts is not None)
+                           has_decoder=(args.draft is not None or args.draft_kind == "ngram")
+                           and args.prompts is not None)
     pair = prompts = None
     if args.confirm:
         from realrun.loading import load_pair, set_threads
@@ -51,12 +54,13 @@ def cmd_tune(args) -> int:
 
         texts = read_prompts(args.prompts, args.limit)
         set_threads()
-        pair = load_pair(args.target, args.draft, args.draft_kind, args.device, args.dtype)
+        pair = load_pair(args.target, args.draft, args.draft_kind, args.device, args.dtype, ngram=ngram_config(args))
         prompts = encode_prompts(pair, texts, chat=not args.no_chat)
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
     summary = run_tune(args.kind, args.traces, args.cost, args.out, trials, storage=args.storage, study=args.study,
                        confirm=args.confirm, pair=pair, prompts=prompts, trial_steps=args.trial_steps,
-                       max_new_tokens=args.max_new_tokens, seed=args.seed, log=log, sampling=sampling)
+                       max_new_tokens=args.max_new_tokens, seed=args.seed, log=log, sampling=sampling,
+                       calibration=args.ngram_calibration)
     if args.json:
         print(json.dumps(summary))
     return 0

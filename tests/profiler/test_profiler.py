@@ -235,3 +235,100 @@ def test_overhead_probe_times_the_decoders_own_cycle(tiny_target, monkeypatch):
     assert out == [rec.overhead_s]
     assert rec.overhead_s == pytest.approx(rec.total_s - rec.draft_s - rec.verify_s)
     assert probes.cache.get_seq_length() == 32  # the probe leaves the prepared context as it was
+
+
+# ---- the n-gram term (issue 15): lookup + merge, measured, fitted, saved; old files still load ----
+
+def _ngram_time(c, d):
+    """A synthetic n-gram phase: a lookup, one merge per step (deeper trees merge slower), a context drift."""
+    return 30e-6 + 20e-6 * d + 2e-6 * d * d + 2e-9 * c
+
+
+def test_ngram_fit_follows_depth_and_context():
+    from profiler.fit import ngram_features, predict_params
+
+    keys = [{"context_len": c, "depth": d} for c in (64, 256, 1024, 4096) for d in range(1, 9)]
+    params, cv = fit_component("ngram", keys, [_ngram_time(k["context_len"], k["depth"]) for k in keys])
+    pred = predict_params(params, ngram_features(np.array([128, 3000, 3000]), np.array([1, 5, 8])))
+    np.testing.assert_allclose(pred, [_ngram_time(128, 1), _ngram_time(3000, 5), _ngram_time(3000, 8)], rtol=1e-3)
+    assert cv["folds"] == 5 and cv["max_ape"] < 0.05
+
+
+def test_ngram_probe_times_the_matched_path(tiny_target):
+    """The profiled context's suffix really occurred earlier: the lookup finds the longest match with
+    max_branches branches of full depth, and the probe merges them into the sweep-shaped head tree."""
+    from realrun.ngram import NgramConfig, NgramProposer, SOURCE_NGRAM, merge_proposal
+    from realrun.probes import DecoderProbes, matching_context
+
+    cfg = NgramConfig()
+    for length in (64, 1000):
+        proposer = NgramProposer(cfg)
+        proposer.begin(matching_context(np.random.default_rng(1), 50_000, length, cfg.ngram_max,
+                                        cfg.max_branches, 5))
+        proposal = proposer.propose(5)
+        assert proposal.match_len == cfg.ngram_max and proposal.matches == cfg.max_branches
+        assert int(proposal.depths.max()) == 5 and np.sum(proposal.depths == 1) == cfg.max_branches
+    probes = DecoderProbes(tiny_target, None, 512)
+    probes.prepare(16)
+    out = probes.ngram(256, 3)(Timer("cpu"))
+    assert len(out) == 3 and 0 < out[0] <= out[1] <= out[2]  # cumulative after each draft step
+    merged = merge_proposal(probes.verify_source.truncated(3), proposer.propose(3))
+    assert int(merged.steps.max()) == 3 and np.any(merged.sources & SOURCE_NGRAM)
+
+
+def test_ngram_component_measured_fitted_saved_loaded(tiny_target, tmp_path):
+    from dataclasses import replace
+
+    from realrun.drafters import Eagle3Drafter
+    from realrun.eagle3 import random_head
+    from realrun.probes import DecoderProbes
+    from profiler import make_fingerprint, profile_device
+    from profiler.build import refit
+
+    head = random_head(tiny_target, draft_vocab_size=128)
+    probes = DecoderProbes(tiny_target, Eagle3Drafter(head, tiny_target.config.vocab_size), 512)
+    spec = replace(SweepSpec.preset("tiny"), sizes=(0, 2), top_ks=(2,), overhead_depths=(1,),
+                   overhead_sizes=(0,), batch_sizes=(1,), batch_tokens=(1,))
+    fp = make_fingerprint("cpu", "float32", "tiny", "eagle3:tiny", "random-init", 2)
+    model = profile_device(probes, spec, Timer("cpu"), fp, tmp_path, progress=False)
+    measured = json.loads((tmp_path / "measurements.json").read_text())["components"]["ngram"]
+    assert sorted((m["key"]["context_len"], m["key"]["depth"]) for m in measured) == \
+        [(c, d) for c in spec.ngram_context_lens() for d in range(1, spec.max_depth + 1)]
+    assert all(m["n"] == spec.ngram_repeats for m in measured)
+    assert model.has_ngram and model.cv_errors()["ngram"]["folds"] == 5
+    loaded = load_cost_model(tmp_path / "cost_model.json", expect_fingerprint=fp)
+    for c in (16, 256, 4096):
+        assert loaded.ngram(c) > 0 and loaded.ngram(c) == pytest.approx(model.ngram(c))
+        # no depth: the deepest profiled cycle; the fitted step function never falls with depth
+        assert loaded.ngram(c) == pytest.approx(loaded.ngram(c, spec.max_depth))
+        assert loaded.ngram(c, 1) <= loaded.ngram(c, spec.max_depth)
+    # the n-gram term is its own: predict_cycle keeps meaning draft + verify + overhead
+    assert loaded.predict_cycle(3, 2, 64, 2) == pytest.approx(predict_cycle(loaded, 3, 2, 64, 2))
+    summary = (tmp_path / "profile.md").read_text()
+    assert "N-gram phase" in summary and "| ngram |" in summary
+    assert (tmp_path / "plots" / "ngram.png").is_file()
+    assert refit(tmp_path, plots=False).ngram(256, 2) == pytest.approx(model.ngram(256, 2))
+
+
+def test_cost_model_without_ngram_term_still_loads(tmp_path):
+    """A cost_model.json from before the n-gram term loads; its n-gram time is 0 and the summary says
+    the term is missing. ngram_seconds prices any cost model, with or without the method."""
+    from ltd_sim.cost_model import AnalyticCostModel, ngram_seconds
+    from profiler.build import ngram_summary
+    from profiler.sweeps import SweepResult
+
+    path = _fake_model().save(tmp_path / "cost_model.json")
+    assert "ngram" not in json.loads(path.read_text())["components"]
+    old = load_cost_model(path)
+    assert not old.has_ngram and old.ngram(256) == 0.0 and ngram_seconds(old, 256) == 0.0
+    text = "\n".join(ngram_summary(old, SweepResult({"name": "old", "context_lens": [64]}, "cpu")))
+    assert "not measured" in text and "ltd profile --force" in text
+
+    class BeforeTheTerm:  # a cost model written against the protocol before ngram() existed
+        def draft_step(self, step, top_k, context_len):
+            return 0.001
+
+    assert ngram_seconds(BeforeTheTerm(), 2048) == 0.0
+    assert ngram_seconds(AnalyticCostModel(), 2048) == AnalyticCostModel().ngram_propose == 2e-5
+    assert ngram_seconds(AnalyticCostModel(), 2048, depth=3) == 2e-5
+    assert AnalyticCostModel.from_json(AnalyticCostModel(ngram_propose=5e-5).to_json()).ngram(64) == 5e-5
