@@ -150,6 +150,8 @@ def fit_calibration(pairs, rows: int, cols: int, prior: NgramCalibration | None 
     """r(m, i) measured on (tree, continuation) pairs of recorded hybrid or n-gram trees: accepted /
     reached per cell, each cell shrunk towards the prior by `weight` pseudo-observations. Returns the
     calibration and the reached counts [rows, cols] (how much each cell rests on)."""
+    if not weight > 0:
+        raise LTDError(f"the prior's weight must be above 0 (cells nothing reached keep the prior), got {weight}")
     prior = prior or NgramCalibration.prior(rows, cols)
     prior_rate = np.exp(np.stack([prior.log_rate[min(m, prior.log_rate.shape[0]) - 1,
                                                  np.minimum(np.arange(cols), prior.log_rate.shape[1] - 1)]

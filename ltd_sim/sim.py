@@ -92,6 +92,9 @@ class SimTables:
         if any(t.draft_sources != sources for t in traces):
             raise LTDError("trace sequences mix draft sources (head, ngram, head+ngram)")
         has_ngram = sources != HEAD
+        if calibration is not None and not has_ngram:
+            raise LTDError("an n-gram calibration re-scores n-gram branches, and these traces have none "
+                           "(recorded without --ngram or --draft-kind ngram)")
         spec = spec or spec_for(has_ngram, top_k=top_k, max_depth=max_depth, size_grid=tuple(grid))
         check_ngram_match(spec, has_ngram, f"the feature set {spec.name}")
         sizes = np.asarray(grid, dtype=np.int64)

@@ -115,7 +115,7 @@ class Pipeline:
     @property
     def ngram_marker(self) -> dict:
         """The n-gram settings in a stage's marker (nothing without --ngram: those runs' markers stay valid)."""
-        return {} if self.ngram is None else {"ngram": ngram_settings(self.ngram)}
+        return {} if self.ngram is None else {"ngram": ngram_settings(self.ngram), "prompt_set": "ngram"}
 
     @property
     def calibration_path(self) -> Path:
@@ -245,13 +245,12 @@ class Pipeline:
     def trace(self) -> dict:
         from realrun.loading import load_pair
         from realrun.models import encode_prompt
-        from realrun.prompts import default_trace_prompts
         from realrun.record import record_prompts
 
         # n-gram nodes scored with the prior: the calibration is fitted on these very traces (the
         # simulator re-scores them exactly, the recorded trees' shapes do not depend on the scores)
         pair = load_pair(self.target, str(self.head), "eagle3", dtype=self.dtype, ngram=self.ngram)
-        return record_prompts(pair, default_trace_prompts(self.budget.trace_prompts), self.trace_dir,
+        return record_prompts(pair, self.trace_prompts(pair), self.trace_dir,
                               lambda t: encode_prompt(pair.target.tokenizer, t), self.budget.trace_tokens,
                               info=trace_origin(pair, self.head), sampling=self.sampling,
                               samples=self.trace_samples, seed=0)
@@ -299,9 +298,26 @@ class Pipeline:
 
     def encoded_trace_prompts(self) -> list[list[int]]:
         from realrun.measure import encode_prompts
-        from realrun.prompts import default_trace_prompts
 
-        return encode_prompts(self.pair(), default_trace_prompts(self.budget.trace_prompts))
+        return encode_prompts(self.pair(), self.trace_prompts(self.pair()))
+
+    def trace_prompts(self, pair) -> list[dict]:
+        """The policies' prompts (traces, grid confirmation, fine-tuning): with --ngram, half of them
+        long-input tasks (copy-heavy text, what n-gram branches are for), those that leave room in the
+        target's context for the traced tokens."""
+        from realrun.measure import encode_prompts
+        from realrun.prompts import default_trace_prompts, ngram_trace_prompts
+
+        n, tokens = self.budget.trace_prompts, self.budget.trace_tokens
+        if self.ngram is None:
+            return default_trace_prompts(n)
+        prompts = ngram_trace_prompts(n)
+        room = pair.context_limit - tokens - 1
+        fits = [p for p, ids in zip(prompts, encode_prompts(pair, prompts)) if len(ids) < room]
+        if len(fits) < len(prompts):
+            self.log(f"[trace] {len(prompts) - len(fits)} long-input prompts left out: longer than the target's "
+                     f"context ({pair.context_limit} tokens) leaves room for")
+        return fits
 
     def grid(self) -> dict:
         """Optuna over the static (D, V) grid in simulation, the best 3 confirmed on the real decoder:

@@ -92,6 +92,28 @@ def default_trace_prompts(limit: int | None = None) -> list[dict]:
     return _interleave(humaneval_prompts("policies"), chat_prompts(TRACE_CHAT, "trace-chat"), limit)
 
 
+LONG_INPUT_SEED = 1  # the head's build draws its long-input prompts with seed 0
+
+
+def long_input_prompts(limit: int) -> list[dict]:
+    """Long-input tasks (summarize, extract, answer from documents, rewrite, translate a paragraph) over
+    local text (pydoc topics, standard-library docstrings; `draft_head.corpus.build_long_prompts`): the
+    copy-heavy workload n-gram branches are for. Their passages come from the pool the head's build
+    draws from (another shuffle); the bench's questions are never among them."""
+    from realrun.draft_head.corpus import build_long_prompts
+
+    return [{"id": f"long-{i}", "category": "long-input", "text": text}
+            for i, (text, _) in enumerate(build_long_prompts(LONG_INPUT_SEED)[:limit])]
+
+
+def ngram_trace_prompts(limit: int) -> list[dict]:
+    """The policies' prompts when the drafter has n-gram branches (`ltd pipeline --ngram`): the default
+    trace prompts and long-input ones alternating (half each), so that the traces hold long copies to
+    learn from as well as the short chat and code the default set covers."""
+    half = limit // 2
+    return _interleave(default_trace_prompts(limit - half), long_input_prompts(half), limit)
+
+
 def default_bench_prompts(limit: int | None = None) -> list[dict]:
     """The bench's built-in questions: HumanEval's "evaluation" range and the bench chat set."""
     return _interleave(humaneval_prompts("evaluation"), chat_prompts(BENCH_CHAT, "bench-chat"), limit)

@@ -114,7 +114,7 @@ def run_sim_eval(traces: str, cost: str, split: str = "all", policy: str | None 
 
 
 def serving_sweep(traces: str, cost_path: str, split: str, policy: str | None, rates: list[float],
-                  n_requests: int, max_batch: int) -> list[dict]:
+                  n_requests: int, max_batch: int, calibration: str | None = None) -> list[dict]:
     """The simpy serving simulation of no speculation, the best static setting, EAGLE-3's and (with `policy`)
     LTD over arrival `rates`: goodput and latency percentiles per (schedule, rate)."""
     from ltd_sim.baselines import EAGLE3
@@ -127,7 +127,8 @@ def serving_sweep(traces: str, cost_path: str, split: str, policy: str | None, r
         raise LTDError("--rates must be positive, --requests and --max-batch at least 1")
     controller = PolicyController(policy) if policy else None  # fail before the work
     cost = load_cost(cost_path)
-    tables = SimTables.build(load_traces(traces, split), cost, spec=controller.spec if controller else None)
+    tables = SimTables.build(load_traces(traces, split), cost, spec=controller.spec if controller else None,
+                             calibration=load_calibration(calibration))
     grid = static_grid(tables)
     best = max(grid, key=lambda k: grid[k].tokens_per_s)
     schedules = [Schedule.static(tables, 1, 0, "no speculation (1,0)"),

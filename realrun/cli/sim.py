@@ -39,6 +39,7 @@ def add_parser(sub) -> None:
     v.add_argument("--requests", type=int, default=64)
     v.add_argument("--max-batch", type=int, default=16)
     v.add_argument("--plot", default=None, help="PNG path")
+    v.add_argument("--ngram-calibration", default=None, help="re-score the traces' n-gram branches with it")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_sim_serve)
 
@@ -92,7 +93,8 @@ def cmd_sim_serve(args) -> int:
         rates = [float(r) for r in args.rates.split(",")]
     except ValueError:
         raise LTDError(f"--rates must be numbers separated by commas, got {args.rates!r}") from None
-    rows = serving_sweep(args.traces, args.cost, args.split, args.policy, rates, args.requests, args.max_batch)
+    rows = serving_sweep(args.traces, args.cost, args.split, args.policy, rates, args.requests, args.max_batch,
+                         args.ngram_calibration)
     if args.plot:
         plot(rows, args.plot)
     if args.json:

@@ -380,7 +380,6 @@ def test_cli_ngram_alone_and_joined(one_thread, model_dirs, tmp_path, capsys):
     (["--draft-kind", "ngram", "--ngram-min", "4", "--ngram-max", "3"], r"--ngram-min \(4\) is above --ngram-max"),
     (["--ngram", "--ngram-corpus", "/nonexistent/corpus.json"], "cannot read --ngram-corpus"),
     (["--draft-kind", "ngram", "--draft", "somewhere"], "takes no --draft"),
-    (["--ngram", "--policy", "somewhere"], "trained without n-gram features"),
 ])
 def test_bad_options_fail_in_one_line(model_dirs, capsys, extra, match):
     import re
@@ -388,6 +387,63 @@ def test_bad_options_fail_in_one_line(model_dirs, capsys, extra, match):
     argv = ["generate", "--target", str(model_dirs / "target"), "--prompt", "x", *extra]
     rc, _, err = _cli(argv, capsys)
     assert rc == 2 and re.search(match, err) and err.count("\n") == 1, err
+
+
+@pytest.fixture(scope="module")
+def policy_dirs(tmp_path_factory):
+    """Real saved policies of both feature sets (top-k 3, max depth 4; a few PPO updates on synthetic
+    traces: quick, not good): "paper_v2" from head traces, "ngram_v1" from the same trees with n-gram
+    branches grafted by the real proposer (the traces `--ngram` records)."""
+    from stable_baselines3 import PPO
+
+    from ltd_sim.cost_model import AnalyticCostModel
+    from ltd_sim.envs import DepthEnv, SizeEnv
+    from ltd_sim.policy import save_policies
+    from ltd_sim.sim import SimTables
+    from ltd_sim.synthetic import synthetic_sequence
+    from ltd_sim.trace import HYBRID, TraceSequence
+
+    def with_ngram(seq):
+        proposer = NgramProposer(NgramConfig(ngram_min=1))
+        proposer.begin(seq.output[:1].tolist())
+        trees = []
+        for p in range(seq.num_positions):
+            trees.append(merge_proposal(seq.tree(p), proposer.propose(seq.max_depth)))
+            proposer.commit([int(seq.output[p + 1])])
+        return TraceSequence.from_trees(trees, seq.output, seq.context_lens, seq.top_k, seq.max_depth,
+                                        draft_sources=HYBRID)
+
+    rng = np.random.default_rng(0)
+    head = [synthetic_sequence(rng, k=3, depth=4) for _ in range(2)]
+    dirs = {}
+    for seqs in (head, [with_ngram(s) for s in head]):
+        tables = SimTables.build(seqs, AnalyticCostModel())
+        models = [PPO("MlpPolicy", env, n_steps=64, batch_size=64, n_epochs=1, seed=0, device="cpu",
+                      verbose=0).learn(64) for env in (DepthEnv(tables, partner=3), SizeEnv(tables))]
+        dirs[tables.spec.name] = save_policies(tmp_path_factory.mktemp("policy") / "policies", *models, tables.spec)
+    assert set(dirs) == {"paper_v2", "ngram_v1"}
+    return dirs
+
+
+def test_policies_must_match_the_ngram_source(one_thread, model_dirs, policy_dirs, capsys):
+    """Policies trained without n-gram signals refuse a decoder with an n-gram source, and the reverse,
+    in one line before any model loads; ngram_v1 policies drive `--draft-kind ngram` losslessly."""
+    base = ["generate", "--target", str(model_dirs / "target"), "--prompt", "abcabcabcab", "--no-chat",
+            "--max-new-tokens", "16", "--top-k", "3", "--depth", "4"]
+    draft = ["--draft", str(model_dirs / "draft")]
+    for extra, match in [
+        (["--draft-kind", "ngram", "--policy", str(policy_dirs["paper_v2"])], "trained without n-gram signals"),
+        ([*draft, "--ngram", "--policy", str(policy_dirs["paper_v2"])], "trained without n-gram signals"),
+        ([*draft, "--policy", str(policy_dirs["ngram_v1"])], "observe n-gram signals"),
+    ]:
+        rc, _, err = _cli(base + extra, capsys)
+        assert rc == 2 and match in err and "feature set" in err and err.count("\n") == 1, (extra, err)
+    rc, out, err = _cli(base + ["--json"], capsys)
+    assert rc == 0, err
+    plain = json.loads(out)["token_ids"]
+    for extra in (["--draft-kind", "ngram"], [*draft, "--ngram", "--ngram-min", "1"]):
+        rc, out, err = _cli(base + extra + ["--policy", str(policy_dirs["ngram_v1"]), "--json"], capsys)
+        assert rc == 0 and json.loads(out)["token_ids"] == plain, (extra, err)
 
 
 def test_bad_corpora_fail_in_one_line(model_dirs, tmp_path, capsys):
@@ -414,9 +470,10 @@ def test_bad_corpora_fail_in_one_line(model_dirs, tmp_path, capsys):
     assert rc == 2 and "cannot read --ngram-corpus" in err
 
 
-def test_bench_with_ngram_drafts(one_thread, model_dirs, tmp_path, capsys):
+def test_bench_with_ngram_drafts(one_thread, model_dirs, policy_dirs, tmp_path, capsys):
     """`ltd bench --draft-kind ngram` and `--draft D --ngram`: the decoder methods draft with n-gram
-    branches, stay lossless against ar, and LTD policies (no n-gram features) are refused in one line."""
+    branches, stay lossless against ar; LTD policies must observe n-gram signals exactly when the decoder
+    has an n-gram source (else one line), and ngram_v1 ones bench losslessly."""
     questions = tmp_path / "q.txt"
     questions.write_text("abcabcabcabcabc\nxyzxyzxyzxyz\n")
     base = ["bench", "--target", str(model_dirs / "target"), "--questions", str(questions), "--no-progress",
@@ -426,8 +483,17 @@ def test_bench_with_ngram_drafts(one_thread, model_dirs, tmp_path, capsys):
         assert rc == 0, err
         grid = json.loads(out)["methods"]["grid"]
         assert grid["exact_match"] and grid["tau"] > 1, extra
-    (tmp_path / "pol").mkdir()
-    (tmp_path / "pol" / "spec.json").write_text("{}")  # refused before it is read
-    rc, _, err = _cli(base[:-7] + ["--methods", "ar,ltd", "--policy", str(tmp_path / "pol"), "--draft-kind", "ngram"],
-                      capsys)
-    assert rc == 2 and "without n-gram features" in err and err.count("\n") == 1, err
+    ltd = base[:-7] + ["--methods", "ar,ltd", "--max-new-tokens", "16", "--repeats", "1", "--json"]
+    hybrid = ["--draft", str(model_dirs / "draft"), "--draft-kind", "lm", "--ngram"]
+    for extra, match in [
+        (["--policy", str(policy_dirs["paper_v2"]), "--draft-kind", "ngram"], "trained without n-gram signals"),
+        (["--policy", str(policy_dirs["paper_v2"]), *hybrid], "trained without n-gram signals"),
+        (["--policy", str(policy_dirs["ngram_v1"]), "--draft", str(model_dirs / "draft"), "--draft-kind", "lm"],
+         "observe n-gram signals"),
+    ]:
+        rc, _, err = _cli(ltd + extra, capsys)
+        assert rc == 2 and match in err and err.count("\n") == 1, (extra, err)
+    rc, out, err = _cli(ltd + ["--policy", str(policy_dirs["ngram_v1"]), "--draft-kind", "ngram"], capsys)
+    assert rc == 0, err
+    method = json.loads(out)["methods"]["ltd"]
+    assert method["exact_match"] and method["settings"]["features"] == "ngram_v1", method
