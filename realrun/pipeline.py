@@ -453,8 +453,7 @@ def ngram_line(ngram: NgramConfig, calibrate: dict) -> str:
             f"{ngram.ngram_max} tokens, up to {ngram.max_branches} branches{corpus}) in every decoder method "
             f"(eagle3, grid, ltd-sim, ltd); policies observe the n-gram signals (ngram_v1); n-gram nodes scored "
             f"with [{CALIBRATION_FILE}]({CALIBRATION_FILE}) (digest {calibrate.get('digest', '?')}: "
-            f"{calibrate.get('note', 'not fitted yet')}); the grid study ranks settings on the traces' prior "
-            "scores, then confirms the best on the calibrated decoder")
+            f"{calibrate.get('note', 'not fitted yet')}), in simulation as in decoding")
 
 
 def recommendation(summaries: dict) -> str | None:
