@@ -472,11 +472,28 @@ def recommendation(summaries: dict) -> str | None:
     best = max(rates, key=rates.get)
     if best == "ar" or (best == "grid" and plain_grid):
         return (f"On this device, with this drafter, plain decoding is fastest ({rates['ar']:.1f} tokens/s "
-                f"end-to-end){fallback}" + (" and the grid search chose no draft (D = 0)" if plain_grid else "") + ".")
+                f"end-to-end){fallback}" + (" and the grid search chose no draft (D = 0)" if plain_grid else "") + "."
+                + _peer_note(bench, rates[best], rates["ar"]))
     name = {"grid": "the grid's static setting", "ltd": "LTD"}[best]
     setting = f" (D {grid.get('depth')}, V {grid.get('size')})" if best == "grid" else ""
     return (f"On this device, with this drafter, {name}{setting} is fastest: {rates[best]:.1f} tokens/s end-to-end, "
-            f"{rates[best] / rates['ar']:.2f}x plain decoding{fallback}.")
+            f"{rates[best] / rates['ar']:.2f}x plain decoding{fallback}.") + _peer_note(bench, rates[best], rates["ar"])
+
+
+PEERS = {"hf-assisted": "transformers' assisted generation", "hf-prompt-lookup": "transformers' prompt lookup"}
+
+
+def _peer_note(bench: dict, best_rate: float, ar_rate: float) -> str:
+    """A sentence when an external method (transformers') measured faster than the toolkit's best."""
+    from realrun.measure import END_TO_END_RATE
+
+    faster = {n: r[END_TO_END_RATE] for n, r in bench.items()
+              if n in PEERS and (r.get(END_TO_END_RATE) or 0) > best_rate}
+    if not faster:
+        return ""
+    n = max(faster, key=faster.get)
+    return (f" {PEERS[n][0].upper() + PEERS[n][1:]} measured faster on the bench's questions: {faster[n]:.1f} "
+            f"tokens/s ({faster[n] / ar_rate:.2f}x plain decoding, {bench[n].get('questions', '?')} questions).")
 
 
 def _device_line(run_dir: Path) -> str:

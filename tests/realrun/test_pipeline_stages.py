@@ -51,3 +51,20 @@ def test_run_folder_keeps_its_sampling(tmp_path):
     (old / "stages" / "trace.json").write_text("{}")  # made before sampling settings: greedy
     with pytest.raises(LTDError, match="greedy"):
         check_run_sampling(old, Sampling(1.0))
+
+
+def test_recommendation_names_the_fastest_and_a_faster_external_method():
+    from realrun.measure import END_TO_END_RATE
+    from realrun.pipeline import recommendation
+
+    def bench(**rates):
+        return {"bench": {"methods": {n.replace("_", "-"): {END_TO_END_RATE: r, "questions": 4,
+                                                            "settings": {"depth": 0} if n == "grid" else {}}
+                                      for n, r in rates.items()}},
+                "sim_eval": {"methods": {"ltd": {"no_draft_share": 0.5}}}}
+
+    text = recommendation(bench(ar=10.0, grid=10.1, ltd=12.0, hf_prompt_lookup=13.0))
+    assert "LTD is fastest: 12.0 tokens/s" in text and "1.20x plain decoding" in text
+    assert "prompt lookup measured faster" in text and "13.0 tokens/s (1.30x" in text
+    text = recommendation(bench(ar=10.0, grid=9.9, ltd=9.5, hf_prompt_lookup=9.0))
+    assert text.startswith("On this device, with this drafter, plain decoding is fastest") and "faster" not in text
