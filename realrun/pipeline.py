@@ -303,21 +303,16 @@ class Pipeline:
 
     def trace_prompts(self, pair) -> list[dict]:
         """The policies' prompts (traces, grid confirmation, fine-tuning): with --ngram, half of them
-        long-input tasks (copy-heavy text, what n-gram branches are for), those that leave room in the
-        target's context for the traced tokens."""
+        long-input tasks (copy-heavy text, what n-gram branches are for) that leave room in the target's
+        context for the traced tokens."""
         from realrun.measure import encode_prompts
         from realrun.prompts import default_trace_prompts, ngram_trace_prompts
 
         n, tokens = self.budget.trace_prompts, self.budget.trace_tokens
         if self.ngram is None:
             return default_trace_prompts(n)
-        prompts = ngram_trace_prompts(n)
         room = pair.context_limit - tokens - 1
-        fits = [p for p, ids in zip(prompts, encode_prompts(pair, prompts)) if len(ids) < room]
-        if len(fits) < len(prompts):
-            self.log(f"[trace] {len(prompts) - len(fits)} long-input prompts left out: longer than the target's "
-                     f"context ({pair.context_limit} tokens) leaves room for")
-        return fits
+        return ngram_trace_prompts(n, fits=lambda p: len(encode_prompts(pair, [p])[0]) < room)
 
     def grid(self) -> dict:
         """Optuna over the static (D, V) grid in simulation, the best 3 confirmed on the real decoder:

@@ -9,6 +9,7 @@ disjoint as well. Every HumanEval problem is shown to the target through `humane
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -95,23 +96,36 @@ def default_trace_prompts(limit: int | None = None) -> list[dict]:
 LONG_INPUT_SEED = 1  # the head's build draws its long-input prompts with seed 0
 
 
-def long_input_prompts(limit: int) -> list[dict]:
+def long_input_prompts(limit: int | None = None) -> list[dict]:
     """Long-input tasks (summarize, extract, answer from documents, rewrite, translate a paragraph) over
     local text (pydoc topics, standard-library docstrings; `draft_head.corpus.build_long_prompts`): the
     copy-heavy workload n-gram branches are for. Their passages come from the pool the head's build
     draws from (another shuffle); the bench's questions are never among them."""
+    return [{"id": f"long-{i}", "category": "long-input", "text": text}
+            for i, text in enumerate(_long_input_texts()[:limit])]
+
+
+@functools.cache
+def _long_input_texts() -> tuple[str, ...]:
+    """Built once per process (it reads the standard library's docstrings: seconds)."""
     from realrun.draft_head.corpus import build_long_prompts
 
-    return [{"id": f"long-{i}", "category": "long-input", "text": text}
-            for i, (text, _) in enumerate(build_long_prompts(LONG_INPUT_SEED)[:limit])]
+    return tuple(text for text, _ in build_long_prompts(LONG_INPUT_SEED))
 
 
-def ngram_trace_prompts(limit: int) -> list[dict]:
+def ngram_trace_prompts(limit: int, fits=None) -> list[dict]:
     """The policies' prompts when the drafter has n-gram branches (`ltd pipeline --ngram`): the default
     trace prompts and long-input ones alternating (half each), so that the traces hold long copies to
-    learn from as well as the short chat and code the default set covers."""
+    learn from as well as the short chat and code the default set covers. `fits(prompt) -> bool`: keep
+    only long-input prompts the target's context holds (the next ones take the place of those left out)."""
     half = limit // 2
-    return _interleave(default_trace_prompts(limit - half), long_input_prompts(half), limit)
+    longs = []
+    for prompt in long_input_prompts():
+        if len(longs) == half:
+            break
+        if fits is None or fits(prompt):
+            longs.append(prompt)
+    return _interleave(default_trace_prompts(limit - len(longs)), longs, limit)
 
 
 def default_bench_prompts(limit: int | None = None) -> list[dict]:
