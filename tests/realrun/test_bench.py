@@ -89,6 +89,12 @@ def test_bench_contract_and_files(pair, tiny_draft, policy_dir, tmp_path):
     assert not [p for p in out.rglob(".tmp-*")]
     # the grid setting of a report can be reused by --grid-from
     assert grid_from_file(out / "report.json") == (2, 3)
+    # ar's outputs, written as an n-gram corpus a later run can search (--ngram-corpus)
+    from realrun.ngram import NgramConfig, corpus_index, read_corpus
+
+    raw = read_corpus(out / "outputs_corpus.json")
+    assert [len(seq) for seq in raw["sequences"]] == [NEW] * len(questions())
+    assert len(corpus_index(raw, "corpus", NgramConfig(), pair.target.vocab_size)) > 0
 
 
 def test_grid_sweep_picks_a_measured_setting(pair):
