@@ -465,7 +465,8 @@ def recommendation(summaries: dict) -> str | None:
     grid = bench.get("grid", {}).get("settings", {})
     plain_grid = grid.get("depth") == 0
     best = max(rates, key=rates.get)
-    if best == "ar" or (best == "grid" and plain_grid):
+    ltd_plain = share is not None and share >= 1.0  # LTD never drafted: it is plain decoding, its lead noise
+    if best == "ar" or (best == "grid" and plain_grid) or (best == "ltd" and ltd_plain):
         return (f"On this device, with this drafter, plain decoding is fastest ({rates['ar']:.1f} tokens/s "
                 f"end-to-end){fallback}" + (" and the grid search chose no draft (D = 0)" if plain_grid else "") + "."
                 + _peer_note(bench, rates[best], rates["ar"]))

@@ -68,3 +68,6 @@ def test_recommendation_names_the_fastest_and_a_faster_external_method():
     assert "prompt lookup measured faster" in text and "13.0 tokens/s (1.30x" in text
     text = recommendation(bench(ar=10.0, grid=9.9, ltd=9.5, hf_prompt_lookup=9.0))
     assert text.startswith("On this device, with this drafter, plain decoding is fastest") and "faster" not in text
+    never = bench(ar=10.0, grid=9.9, ltd=10.6)
+    never["sim_eval"]["methods"]["ltd"]["no_draft_share"] = 1.0  # LTD never drafts: plain decoding, its lead noise
+    assert recommendation(never).startswith("On this device, with this drafter, plain decoding is fastest")
