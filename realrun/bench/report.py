@@ -198,3 +198,18 @@ def write_report(report: dict, out_dir: str | Path) -> list[str]:
     files += [str(out / "report.md"), str(out / "report.json")]
     write_json(out / "report.json", {**report, "files": files})
     return files
+
+
+OUTPUT_CORPUS = "outputs_corpus.json"
+
+
+def write_output_corpus(pair, ar_runs: list, out_dir) -> Path:
+    """The target's own outputs (ar, first repeat) as an ltd-ngram-corpus file: a later run's n-gram
+    source can search them (`--ngram-corpus BENCH/outputs_corpus.json`, docs/ngram.md)."""
+    from realrun.ngram import write_corpus
+
+    path = Path(out_dir) / OUTPUT_CORPUS
+    tokenizer = pair.target.tokenizer
+    write_corpus(path, [run.tokens for _, rep, run in ar_runs if rep == 0], pair.target.vocab_size,
+                 tokenizer if hasattr(tokenizer, "get_vocab") else None)
+    return path

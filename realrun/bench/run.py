@@ -358,7 +358,7 @@ def run_bench(pair, questions: list, cfg: BenchConfig | None = None, out_dir: st
 
     `questions`: `Question`s, token-id lists or texts. Writes report.json, report.md and plots into
     `out_dir` when given. Returns the report (the content of report.json)."""
-    from realrun.bench.report import build_report, write_report
+    from realrun.bench.report import build_report, write_output_corpus, write_report
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     cfg = (cfg or BenchConfig()).validate()
@@ -409,21 +409,6 @@ def run_bench(pair, questions: list, cfg: BenchConfig | None = None, out_dir: st
         corpus = write_output_corpus(pair, runs["ar"], out_dir)
         report["files"] = write_report(report, out_dir) + [str(corpus)]
     return report
-
-
-OUTPUT_CORPUS = "outputs_corpus.json"
-
-
-def write_output_corpus(pair, ar_runs: list, out_dir) -> Path:
-    """The target's own outputs (ar, first repeat) as an ltd-ngram-corpus file: a later run's n-gram
-    source can search them (`--ngram-corpus BENCH/outputs_corpus.json`, docs/ngram.md)."""
-    from realrun.ngram import write_corpus
-
-    path = Path(out_dir) / OUTPUT_CORPUS
-    tokenizer = pair.target.tokenizer
-    write_corpus(path, [run.tokens for _, rep, run in ar_runs if rep == 0], pair.target.vocab_size,
-                 tokenizer if hasattr(tokenizer, "get_vocab") else None)
-    return path
 
 
 def _interleave(pair, qs: list[Question], built: dict[str, Method], cfg: BenchConfig, progress: bool

@@ -55,7 +55,7 @@ def test_run_folder_keeps_its_sampling(tmp_path):
 
 def test_recommendation_names_the_fastest_and_a_faster_external_method():
     from realrun.measure import END_TO_END_RATE
-    from realrun.pipeline import recommendation
+    from realrun.pipeline_report import recommendation
 
     def bench(**rates):
         return {"bench": {"methods": {n.replace("_", "-"): {END_TO_END_RATE: r, "questions": 4,
