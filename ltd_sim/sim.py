@@ -115,8 +115,9 @@ class SimTables:
                 tree = t.tree(p)
                 if has_ngram and calibration is not None:
                     tree = rescore(tree, calibration)
-                feats0[row] = pre_draft_observation(int(context[row]), spec, getattr(tree, "ngram", None))
-                match[row] = t.signals(p).match_len
+                signals = getattr(tree, "ngram", None)  # a SourcedTree's (n-gram traces only)
+                feats0[row] = pre_draft_observation(int(context[row]), spec, signals)
+                match[row] = signals.match_len if signals is not None else 0
                 depth = tree.depth
                 table = accepted_length_table(tree, t.continuation(p), sizes)
                 pools = np.array([tree.nodes_up_to(d) - 1 for d in range(1, depth + 1)])
